@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { EXIT_OK, EXIT_USAGE, type CliCommand, type CliIo } from './command.ts';
 import { notBuiltYet } from './not-built.ts';
 import { configCheckCommand, configDefaultsCommand } from './commands/config.ts';
+import { costCommand } from './commands/cost.ts';
 
 export const commands: readonly CliCommand[] = [
   notBuiltYet(['local'], 'run the whole system on this machine (what `npm start` runs)', 7,
@@ -26,8 +27,7 @@ export const commands: readonly CliCommand[] = [
     'Usage: lifeboat drill [--hard] [--json]'),
   notBuiltYet(['resume'], 'resolve a halted stream, with an audit record', 4,
     'Usage: lifeboat resume --skip-batch ID --reason TEXT'),
-  notBuiltYet(['cost'], 'monthly idle cost of the cloud side, per resource', 6,
-    'Usage: lifeboat cost [--json]'),
+  costCommand,
 ];
 
 function packageVersion(): string {

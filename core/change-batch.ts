@@ -26,6 +26,16 @@
 //   transactions Transaction[]: non-empty for 'changes', empty otherwise
 //   snapshot | heartbeat | marker: the payload of that kind, absent otherwise
 //
+// The initial copy: 'snapshot' batches carry the rows of one table each, in
+// chunks, all standing for the slot's consistent point (lsnPrev = lsnFirst =
+// lsnLast = consistentLsn). After the last table the agent sends a 'marker'
+// with reason 'snapshot-complete' whose `snapshot` field lists every table
+// with its chunk and row counts, so the applier can verify that every chunk of
+// that snapshotId arrived before it starts the change stream at
+// consistentLsn. A newer snapshotId replaces an older, incomplete one (an
+// interrupted copy is restarted from scratch; see agent/agent-state.ts).
+// ('snapshot-complete' and marker.snapshot were added before v1 shipped.)
+//
 // Tuples are arrays aligned with the relation's columns. A value is the
 // PostgreSQL text output exactly as the server printed it (a string), null for
 // SQL NULL, or UNCHANGED_TOAST for an unchanged out-of-line TOAST value in an
@@ -40,6 +50,10 @@
 //   - the payload matching `kind` is present and the others absent;
 //     'changes' has ≥ 1 transaction, the other kinds none.
 //   - lsnPrev ≤ lsnFirst ≤ lsnLast; lsnFirst = lsnLast for non-'changes' kinds.
+//   - marker.snapshot is present exactly when marker.reason is
+//     'snapshot-complete'; its consistentLsn equals the batch's lsnLast, it
+//     lists each table once, and every table has ≥ 1 chunk (an empty table
+//     still sends one empty last chunk).
 //   - transactions: each has ≥ 1 change (pgoutput skips empty transactions;
 //     a position-only advance is a heartbeat); commitLsn < endLsn; the first
 //     commitLsn = lsnFirst; the last endLsn = lsnLast; next.commitLsn ≥
@@ -308,14 +322,37 @@ export const heartbeatSchema = z.strictObject({
   sequences: z.array(sequenceStateSchema),
 });
 
-export const MARKER_REASONS = ['takeover', 'drain', 'failback'] as const;
+export const MARKER_REASONS = ['takeover', 'drain', 'failback', 'snapshot-complete'] as const;
+
+/** One table of a finished initial copy: how many chunks and rows were sent for it. */
+export const snapshotTableSummarySchema = z.strictObject({
+  schema: nonEmptyText,
+  name: nonEmptyText,
+  /** Snapshot batches sent for this table (chunk numbers 0 … chunks-1). */
+  chunks: z.int().min(1, 'every copied table sends at least one chunk (an empty table sends one empty last chunk)'),
+  /** Rows in all those chunks together. */
+  rows: count,
+});
+
+/** What a 'snapshot-complete' marker certifies: the whole copy of one snapshotId. */
+export const snapshotCompleteSchema = z.strictObject({
+  snapshotId: nonEmptyText,
+  /** The slot's consistent point: the change stream continues right after it. */
+  consistentLsn: lsnText,
+  tables: z.array(snapshotTableSummarySchema),
+});
 
 export const markerSchema = z.strictObject({
   markerId: nonEmptyText,
   reason: z.enum(MARKER_REASONS, {
-    error: unlessMissing((input) => `unknown marker reason ${JSON.stringify(input)}: expected takeover, drain or failback`),
+    error: unlessMissing(
+      (input) =>
+        `unknown marker reason ${JSON.stringify(input)}: expected takeover, drain or failback (operator markers) or snapshot-complete (end of the initial copy)`,
+    ),
   }),
   requestedBy: z.string().optional(),
+  /** Present exactly when reason is 'snapshot-complete'. */
+  snapshot: snapshotCompleteSchema.optional(),
 });
 
 // ---------------------------------------------------------------------------
@@ -359,6 +396,8 @@ export type SnapshotChunk = z.output<typeof snapshotSchema>;
 export type Heartbeat = z.output<typeof heartbeatSchema>;
 export type SequenceState = z.output<typeof sequenceStateSchema>;
 export type Marker = z.output<typeof markerSchema>;
+export type SnapshotComplete = z.output<typeof snapshotCompleteSchema>;
+export type SnapshotTableSummary = z.output<typeof snapshotTableSummarySchema>;
 
 // ---------------------------------------------------------------------------
 // Cross-field rules (see the header). Plain code over the parsed batch, so
@@ -385,6 +424,7 @@ function batchRuleViolations(batch: ChangeBatch): RuleViolation[] {
 
   checkKindPayload(batch, report);
   checkLsnChain(batch, report);
+  if (batch.marker !== undefined) checkMarker(batch.marker, batch.lsnLast, report);
   batch.relations.forEach((relation, index) => checkRelation(relation, ['relations', index], report));
 
   const relationAt = (index: number, path: IssuePath): RelationDescriptor | undefined => {
@@ -438,6 +478,29 @@ function checkKindPayload(batch: ChangeBatch, report: Report): void {
   if (batch.kind !== 'changes' && batch.transactions.length > 0) {
     report(['transactions'], `a '${batch.kind}' batch must have no transactions (it has ${batch.transactions.length})`);
   }
+}
+
+function checkMarker(marker: Marker, lsnLast: bigint, report: Report): void {
+  const { snapshot } = marker;
+  if (marker.reason === 'snapshot-complete' && snapshot === undefined) {
+    report(['marker', 'snapshot'], "a 'snapshot-complete' marker needs a snapshot field listing the copied tables");
+  }
+  if (marker.reason !== 'snapshot-complete' && snapshot !== undefined) {
+    report(['marker', 'snapshot'], `a '${marker.reason}' marker must not have a snapshot field (only 'snapshot-complete' has one)`);
+  }
+  if (snapshot === undefined) return;
+  if (snapshot.consistentLsn !== lsnLast) {
+    report(
+      ['marker', 'snapshot', 'consistentLsn'],
+      `consistentLsn ${formatLsn(snapshot.consistentLsn)} must equal the batch's lsnLast ${formatLsn(lsnLast)}: the marker stands for the snapshot's consistent point`,
+    );
+  }
+  const seen = new Set<string>();
+  snapshot.tables.forEach((table, i) => {
+    const name = qualifiedName(table);
+    if (seen.has(name)) report(['marker', 'snapshot', 'tables', i], `table ${name} is listed twice`);
+    seen.add(name);
+  });
 }
 
 function checkLsnChain(batch: ChangeBatch, report: Report): void {
@@ -695,6 +758,13 @@ export function toWireJson(batch: ChangeBatch): ChangeBatchWire {
         markerId: marker.markerId,
         reason: marker.reason,
         ...(marker.requestedBy !== undefined && { requestedBy: marker.requestedBy }),
+        ...(marker.snapshot !== undefined && {
+          snapshot: {
+            snapshotId: marker.snapshot.snapshotId,
+            consistentLsn: formatLsn(marker.snapshot.consistentLsn),
+            tables: marker.snapshot.tables.map((t) => ({ schema: t.schema, name: t.name, chunks: t.chunks, rows: t.rows })),
+          },
+        }),
       },
     }),
   };
