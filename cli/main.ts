@@ -5,12 +5,12 @@ import { EXIT_OK, EXIT_USAGE, type CliCommand, type CliIo } from './command.ts';
 import { notBuiltYet } from './not-built.ts';
 import { configCheckCommand, configDefaultsCommand } from './commands/config.ts';
 import { costCommand } from './commands/cost.ts';
+import { agentCommand } from './commands/agent.ts';
 
 export const commands: readonly CliCommand[] = [
   notBuiltYet(['local'], 'run the whole system on this machine (what `npm start` runs)', 7,
     'Usage: lifeboat local [--data-dir DIR] [--local-url URL] [--cloud-url URL]'),
-  notBuiltYet(['agent'], 'run the agent beside the local PostgreSQL', 3,
-    'Usage: lifeboat agent --config lifeboat.yaml'),
+  agentCommand,
   notBuiltYet(['init'], 'write a commented lifeboat.yaml and print the PostgreSQL settings and grants the agent needs', 7,
     'Usage: lifeboat init [--force]'),
   configCheckCommand,

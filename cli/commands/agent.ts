@@ -1,0 +1,152 @@
+// `lifeboat agent`: runs the agent beside the local PostgreSQL until SIGTERM
+// or SIGINT, with its /healthz, /status and /metrics endpoints.
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { LifeboatAgent } from '../../agent/agent.ts';
+import { LocalLeaseKeeper } from '../../agent/local-lease-keeper.ts';
+import { startStatusServer } from '../../agent/status-server.ts';
+import { connectFirestore, FirestoreLeaseStore } from '../../adapters/firestore-lease-store.ts';
+import { createFsObjectStore } from '../../adapters/object-store-fs.ts';
+import { createGcsObjectStore } from '../../adapters/object-store-gcs.ts';
+import { createPubsubPublisher } from '../../adapters/pubsub-publisher.ts';
+import { ConfigError, defaultConfigFile, formatIssue, loadConfig } from '../../core/config-load.ts';
+import type { LifeboatConfig } from '../../core/config.ts';
+import { describeError, PermanentError } from '../../core/errors.ts';
+import { createLogger } from '../../core/log.ts';
+import { LeaseClient } from '../../core/writer-lease.ts';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliCommand } from '../command.ts';
+
+const HELP = `Usage: lifeboat agent [--config FILE] [--resnapshot] [--alter-publication]
+
+Runs the agent beside the local PostgreSQL: checks the database, creates the
+publication and the replication slot if they are missing, copies every table
+once, then streams every committed transaction to Pub/Sub. It confirms a
+position to PostgreSQL only after Pub/Sub acknowledged everything up to it,
+so it is safe to kill at any moment. It holds the writer lease for the local
+side; new batches carry its epoch.
+
+Options:
+  --config FILE         the config (default: $LIFEBOAT_CONFIG, else ./lifeboat.yaml)
+  --resnapshot          drop the slot and copy every table again (after the
+                        slot was invalidated, or to start over)
+  --alter-publication   let the agent change a publication whose tables
+                        differ from the config
+  -h, --help            show this help
+
+Endpoints (agent.httpHost:agent.httpPort): /healthz, /status (JSON),
+/metrics (Prometheus). SIGTERM or SIGINT stops intake, publishes and confirms
+what is in flight, and exits within agent.shutdownTimeoutSeconds.
+
+In local mode the emulators are found through pubsub.emulatorHost (or
+PUBSUB_EMULATOR_HOST) and FIRESTORE_EMULATOR_HOST; \`lifeboat local\` sets them.
+`;
+
+function emulators(cfg: LifeboatConfig, env: Readonly<Record<string, string | undefined>>) {
+  if (cfg.mode === 'cloud') return { pubsub: cfg.pubsub.emulatorHost, firestore: undefined };
+  const pubsub = cfg.pubsub.emulatorHost ?? env.PUBSUB_EMULATOR_HOST;
+  const firestore = env.FIRESTORE_EMULATOR_HOST;
+  const missing = [!pubsub && 'pubsub.emulatorHost (or PUBSUB_EMULATOR_HOST)', !firestore && 'FIRESTORE_EMULATOR_HOST'].filter(Boolean);
+  if (missing.length > 0) {
+    throw new PermanentError(`local mode needs the emulators, but ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} not set.`, {
+      remedy: 'Run the whole local system with `lifeboat local` (npm start), or set them to the running emulators, or set mode: cloud.',
+    });
+  }
+  return { pubsub, firestore };
+}
+
+export const agentCommand: CliCommand = {
+  path: ['agent'],
+  summary: 'run the agent beside the local PostgreSQL',
+  help: HELP,
+  async run(argv, env, io) {
+    let values: { config?: string; resnapshot?: boolean; 'alter-publication'?: boolean };
+    try {
+      values = parseArgs({
+        args: [...argv],
+        options: { config: { type: 'string' }, resnapshot: { type: 'boolean' }, 'alter-publication': { type: 'boolean' } },
+        strict: true,
+      }).values;
+    } catch (err) {
+      io.stderr(`lifeboat agent: ${(err as Error).message}. Run \`lifeboat agent --help\`.\n`);
+      return EXIT_USAGE;
+    }
+    const log = createLogger({ component: 'agent', env });
+    let loaded;
+    try {
+      loaded = loadConfig({ file: values.config ? resolve(io.cwd, values.config) : defaultConfigFile(env, io.cwd), env });
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        io.stderr(`lifeboat agent: the config is not valid:\n${err.issues.map((i) => `  ${formatIssue(i)}`).join('\n')}\n`);
+      } else io.stderr(`lifeboat agent: ${describeError(err)}\n`);
+      return EXIT_FAILURE;
+    }
+    const cfg = loaded.config;
+    for (const w of loaded.warnings) log.warn(formatIssue(w));
+
+    const stop = new AbortController();
+    const onSignal = (sig: NodeJS.Signals) => {
+      log.notice(`${sig} received: stopping intake, publishing and confirming what is in flight`);
+      stop.abort();
+      // A second signal, or the deadline, ends the process without waiting.
+      setTimeout(() => process.exit(EXIT_FAILURE), cfg.agent.shutdownTimeoutSeconds * 1000).unref();
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+    const closers: (() => Promise<unknown>)[] = [];
+    try {
+      const hosts = emulators(cfg, env);
+      const publisher = createPubsubPublisher({
+        projectId: cfg.project,
+        topic: cfg.pubsub.changesTopic,
+        ...(hosts.pubsub ? { emulatorHost: hosts.pubsub } : {}),
+        logger: log,
+      });
+      closers.push(() => publisher.close());
+      const objectStore =
+        cfg.mode === 'cloud'
+          ? createGcsObjectStore({ bucket: cfg.storage.bucket as string, projectId: cfg.project })
+          : createFsObjectStore(resolve(loaded.baseDir, cfg.storage.localDir));
+      const firestore = connectFirestore({ projectId: cfg.project, ...(hosts.firestore ? { emulatorHost: hosts.firestore } : {}) });
+      closers.push(() => Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2_000))]));
+      const keeper = new LocalLeaseKeeper({
+        client: new LeaseClient({ store: new FirestoreLeaseStore({ firestore, document: cfg.lease.document }), timing: cfg }),
+        timing: cfg,
+        logger: log,
+        onMustFence: (reason) => {
+          log.critical(`stopping the agent: ${reason}`);
+          stop.abort();
+        },
+      });
+      await keeper.acquire();
+      const keeping = keeper.keep(stop.signal);
+      const agent = new LifeboatAgent({
+        config: cfg,
+        baseDir: loaded.baseDir,
+        publisher,
+        objectStore,
+        epoch: () => keeper.epoch(),
+        logger: log,
+        resnapshot: values.resnapshot ?? false,
+        alterPublication: values['alter-publication'] ?? false,
+        env,
+      });
+      const server = await startStatusServer(cfg.agent.httpHost, cfg.agent.httpPort, {
+        health: () => agent.health(),
+        status: () => ({ ...agent.status(), lease: keeper.status() }),
+        metrics: () => agent.metrics(),
+      });
+      closers.push(() => server.close());
+      log.notice(`agent endpoints on ${server.url} (/healthz, /status, /metrics)`, { url: server.url });
+      await agent.run(stop.signal);
+      await keeping;
+      return EXIT_OK;
+    } catch (err) {
+      io.stderr(`lifeboat agent: ${describeError(err)}\n`);
+      return EXIT_FAILURE;
+    } finally {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      for (const close of closers.reverse()) await close().catch(() => undefined);
+    }
+  },
+};
