@@ -44,6 +44,7 @@ import {
   type TableName,
 } from './source-setup.ts';
 import type { Health } from './status-server.ts';
+import { ensureDdlCapture } from './ddl-capture.ts';
 
 export type AgentPhase = 'starting' | 'snapshot' | 'streaming' | 'backing-off' | 'draining' | 'stopped' | 'failed';
 
@@ -94,6 +95,7 @@ export class LifeboatAgent {
   private lastSlot: SlotInfo | undefined;
   private lastHeartbeatAt: number | undefined;
   private replicaIdentityProblems: string[] = [];
+  private ddlCaptureProblem: string | undefined;
   private lastAckAt: number | undefined;
   private seq = 0;
   // Totals across sessions.
@@ -182,6 +184,7 @@ export class LifeboatAgent {
       const ready = await ensureSourceReady(client, this.sourceCfg);
       for (const w of ready.warnings) this.log.warn(w);
       await ensureLifeboatSchema(client);
+      await this.ensureDdlCapture(client);
       const pub = await ensurePublication(client, this.sourceCfg, { alterExisting: this.opts.alterPublication ?? false, logger: this.log });
       this.log.info(`publication ${pub.publication} ${pub.action}`, { mode: pub.mode });
       await this.checkReplicaIdentity(client);
@@ -290,11 +293,35 @@ export class LifeboatAgent {
   }
 
   private async loadTypes(client: pg.Client, types: readonly TypeRef[]): Promise<void> {
-    for (const t of types) {
-      const res = await client.query<{ name: string }>('SELECT format_type($1::oid, $2::int) AS name', [t.oid, t.typmod]);
-      const name = res.rows[0]?.name;
-      if (!name) throw new PermanentError(`PostgreSQL does not know type oid ${t.oid} (typmod ${t.typmod})`);
-      this.typeNames.set(`${t.oid}:${t.typmod}`, name);
+    // Under search_path = pg_catalog, format_type qualifies every user type
+    // (public.mood), so the apply side never depends on its own search_path.
+    await client.query('BEGIN READ ONLY');
+    try {
+      await client.query('SET LOCAL search_path = pg_catalog');
+      for (const t of types) {
+        const res = await client.query<{ name: string }>('SELECT format_type($1::oid, $2::int) AS name', [t.oid, t.typmod]);
+        const name = res.rows[0]?.name;
+        if (!name) throw new PermanentError(`PostgreSQL does not know type oid ${t.oid} (typmod ${t.typmod})`);
+        this.typeNames.set(`${t.oid}:${t.typmod}`, name);
+      }
+    } finally {
+      await client.query('COMMIT');
+    }
+  }
+
+  /**
+   * Schema changes travel as rows of lifeboat.ddl_log, written by an event
+   * trigger. Creating it needs a superuser; without one the agent still
+   * streams, and says loudly (log and /status) that DDL will not replicate.
+   */
+  private async ensureDdlCapture(client: pg.Client): Promise<void> {
+    try {
+      await ensureDdlCapture(client);
+      this.ddlCaptureProblem = undefined;
+    } catch (err) {
+      if (isRetryable(err)) throw err;
+      this.ddlCaptureProblem = describeError(err);
+      this.log.error(`schema changes will NOT replicate: ${this.ddlCaptureProblem}`);
     }
   }
 
@@ -505,6 +532,7 @@ export class LifeboatAgent {
         ? { name: this.lastSlot.name, walStatus: this.lastSlot.walStatus, retainedWalBytes: this.lastSlot.retainedWalBytes, safeWalSizeBytes: this.lastSlot.safeWalSizeBytes }
         : null,
       tablesWithoutReplicaIdentity: this.replicaIdentityProblems,
+      ddlCapture: this.ddlCaptureProblem === undefined ? 'on' : `off: ${this.ddlCaptureProblem}`,
       errors: this.errors,
     };
   }
@@ -546,5 +574,6 @@ export interface AgentStatusReport {
   snapshot: SnapshotProgress | null;
   slot: { name: string; walStatus: string | null; retainedWalBytes: number | null; safeWalSizeBytes: number | null } | null;
   tablesWithoutReplicaIdentity: string[];
+  ddlCapture: string;
   errors: RecordedError[];
 }

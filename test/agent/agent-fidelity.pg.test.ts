@@ -76,7 +76,7 @@ describe('agent type fidelity and change kinds', () => {
     const relation = changesOf('matrix')[0]!.batch.relations.find((r) => r.name === 'matrix')!;
     expect(relation.columns.map((c) => c.name)).toEqual(server.fields.map((f) => f.name));
     expect(relation.columns.find((c) => c.name === 'n')?.type).toBe('numeric(50,10)');
-    expect(relation.columns.find((c) => c.name === 'm')?.type).toBe('mood');
+    expect(relation.columns.find((c) => c.name === 'm')?.type).toBe('public.mood');
 
     // Insert 1 equals what the server prints now, except the two columns updated later.
     const row1 = server.rows[0] as (string | null)[];

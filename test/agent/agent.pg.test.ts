@@ -39,7 +39,7 @@ describe('LifeboatAgent', () => {
       const snapshotRows = h.received.filter((b) => b.kind === 'snapshot').reduce((n, b) => n + (b.snapshot?.rows.length ?? 0), 0);
       expect(snapshotRows).toBe(2500);
       const tables = marker.marker?.snapshot?.tables.map((t) => `${t.schema}.${t.name}:${t.rows}`).sort();
-      expect(tables).toEqual(['public.Empty Table:0', 'public.items:2500']);
+      expect(tables).toEqual(['lifeboat.ddl_log:0', 'public.Empty Table:0', 'public.items:2500']);
 
       await db.query(`INSERT INTO items VALUES (5000, 'new', 123456789012345678901234567890.0123456789)`);
       await db.query(`BEGIN; UPDATE items SET note = 'changed' WHERE id = 1; DELETE FROM items WHERE id = 2; COMMIT`);
