@@ -108,6 +108,18 @@ const MIGRATIONS: readonly (readonly string[])[] = [
        role text
      )`,
   ],
+  // 2: messages that failed validation, kept whole (never silently dropped).
+  [
+    `CREATE TABLE IF NOT EXISTS lifeboat.rejected_messages (
+       id bigserial PRIMARY KEY,
+       received_at timestamptz NOT NULL DEFAULT now(),
+       message_id text,
+       ordering_key text,
+       attributes jsonb NOT NULL,
+       data bytea NOT NULL,
+       error text NOT NULL
+     )`,
+  ],
 ];
 
 /** The schema version this code expects. */
