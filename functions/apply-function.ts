@@ -18,7 +18,11 @@ import { decodeMessage, messageFromPushData } from '../core/batch-codec.ts';
 import { describeError, isRetryable, ValidationError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import type { ObjectStore } from '../core/ports.ts';
-import { applyBatch, type ApplyResult } from './apply-engine.ts';
+import { sleep } from '../core/backoff.ts';
+import { ApplyGapError, applyBatch, type ApplyResult } from './apply-engine.ts';
+
+/** How long a delivery that arrived before its predecessor waits for it before answering 500. */
+export const GAP_WAIT_MS = 3_000;
 import { ensureTargetSchema } from './target-schema.ts';
 
 /** The part of a Pub/Sub CloudEvent (messagePublished) the function reads. */
@@ -76,9 +80,29 @@ export function createApplyHandler(deps: ApplyHandlerDeps): ApplyHandler {
       deps.logger.error(`rejected message ${messageId ?? '(no id)'}: ${reason}`, { event: 'message-rejected', messageId });
       return { outcome: 'rejected', reason };
     }
-    const client = await deps.pool.connect();
-    try {
-      const result = await applyBatch(client, batch, { logger: deps.logger, attributes: Object.fromEntries(Object.entries(message.attributes ?? {}).map(([k, v]) => [k, String(v)])) });
+    const attributes = Object.fromEntries(Object.entries(message.attributes ?? {}).map(([k, v]) => [k, String(v)]));
+    // Push deliveries arrive concurrently and out of order. A gap usually
+    // closes within moments, when the delivery of its predecessor commits:
+    // waiting a little here (without holding a connection) saves a
+    // redelivery round trip of seconds of Pub/Sub backoff. Past the wait the
+    // gap is answered 500, and Pub/Sub brings the batch back later.
+    const gapDeadline = Date.now() + GAP_WAIT_MS;
+    for (let wait = 10; ; wait = Math.min(wait * 2, 200)) {
+      const client = await deps.pool.connect();
+      let result: ApplyResult;
+      try {
+        result = await applyBatch(client, batch, { logger: deps.logger, attributes });
+      } catch (err) {
+        if (err instanceof ApplyGapError && Date.now() + wait <= gapDeadline) {
+          client.release();
+          await sleep(wait);
+          continue;
+        }
+        client.release();
+        deps.logger.warn(`batch ${batch.stream}#${batch.seq} not applied: ${describeError(err)}`, { event: 'batch-refused', retryable: isRetryable(err), stream: batch.stream });
+        throw err;
+      }
+      client.release();
       deps.logger.info(result.reason, {
         event: 'batch-applied',
         outcome: result.outcome,
@@ -89,11 +113,6 @@ export function createApplyHandler(deps: ApplyHandlerDeps): ApplyHandler {
         lagSeconds: batch.transactions.length ? (Date.now() - Date.parse(batch.transactions.at(-1)!.commitTime)) / 1000 : undefined,
       });
       return result;
-    } catch (err) {
-      deps.logger.warn(`batch ${batch.stream}#${batch.seq} not applied: ${describeError(err)}`, { event: 'batch-refused', retryable: isRetryable(err), stream: batch.stream });
-      throw err;
-    } finally {
-      client.release();
     }
   };
 }
