@@ -15,6 +15,8 @@ export default defineConfig({
           name: 'unit',
           include: ['test/**/*.test.ts'],
           exclude: ['test/**/*.pg.test.ts', 'node_modules/**'],
+          // Property tests are CPU-bound; on a loaded 2-core machine 5 s is too tight.
+          testTimeout: 30_000,
         },
       },
       {
