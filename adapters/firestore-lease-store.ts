@@ -33,24 +33,10 @@
 
 import { Firestore, Timestamp, type DocumentReference } from '@google-cloud/firestore';
 import { PermanentError, RetryableError, ValidationError } from '../core/errors.ts';
+import { GrpcStatus } from './grpc-status.ts';
 import { parseLease, type CompareAndSetResult, type Lease, type LeaseSnapshot, type LeaseStore } from '../core/writer-lease.ts';
 
-/** gRPC status codes as the Firestore client reports them in `err.code`. */
-const Status = {
-  CANCELLED: 1,
-  UNKNOWN: 2,
-  INVALID_ARGUMENT: 3,
-  DEADLINE_EXCEEDED: 4,
-  NOT_FOUND: 5,
-  ALREADY_EXISTS: 6,
-  PERMISSION_DENIED: 7,
-  RESOURCE_EXHAUSTED: 8,
-  FAILED_PRECONDITION: 9,
-  ABORTED: 10,
-  INTERNAL: 13,
-  UNAVAILABLE: 14,
-  UNAUTHENTICATED: 16,
-} as const;
+const Status = GrpcStatus;
 
 const STATUS_NAMES = new Map<number, string>(Object.entries(Status).map(([name, code]) => [code, name]));
 const RETRYABLE = new Set<number>([Status.CANCELLED, Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.RESOURCE_EXHAUSTED, Status.ABORTED, Status.INTERNAL, Status.UNAVAILABLE]);

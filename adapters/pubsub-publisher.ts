@@ -32,26 +32,10 @@ import { PermanentError, RetryableError, ValidationError } from '../core/errors.
 import type { PubSubMessage } from '../core/batch-codec.ts';
 import { createLogger, type Logger } from '../core/log.ts';
 import type { MessagePublisher } from '../core/ports.ts';
+import { GrpcStatus } from './grpc-status.ts';
 
-/** gRPC status codes (numeric, as the client reports them in `err.code`). */
-export const GrpcStatus = {
-  CANCELLED: 1,
-  UNKNOWN: 2,
-  INVALID_ARGUMENT: 3,
-  DEADLINE_EXCEEDED: 4,
-  NOT_FOUND: 5,
-  ALREADY_EXISTS: 6,
-  PERMISSION_DENIED: 7,
-  RESOURCE_EXHAUSTED: 8,
-  FAILED_PRECONDITION: 9,
-  ABORTED: 10,
-  OUT_OF_RANGE: 11,
-  UNIMPLEMENTED: 12,
-  INTERNAL: 13,
-  UNAVAILABLE: 14,
-  DATA_LOSS: 15,
-  UNAUTHENTICATED: 16,
-} as const;
+export { GrpcStatus };
+
 
 const STATUS_NAMES = new Map<number, string>(Object.entries(GrpcStatus).map(([name, code]) => [code, name]));
 

@@ -30,6 +30,7 @@
 
 import pg from 'pg';
 import { PermanentError } from '../core/errors.ts';
+import { CREATE_DDL_LOG_TABLE } from '../core/ddl-log.ts';
 
 export type SqlClient = Pick<pg.ClientBase, 'query'>;
 
@@ -83,16 +84,7 @@ const STATEMENTS = [
   `DROP EVENT TRIGGER IF EXISTS ${DDL_END_TRIGGER}`,
   `DROP EVENT TRIGGER IF EXISTS ${SQL_DROP_TRIGGER}`,
   'CREATE SCHEMA IF NOT EXISTS lifeboat',
-  `CREATE TABLE IF NOT EXISTS lifeboat.ddl_log (
-     id bigserial PRIMARY KEY,
-     at timestamptz NOT NULL DEFAULT now(),
-     xid bigint,
-     command_tag text,
-     object_identity text,
-     ddl text NOT NULL,
-     search_path text,
-     role text
-   )`,
+  CREATE_DDL_LOG_TABLE,
   'CREATE INDEX IF NOT EXISTS ddl_log_xid ON lifeboat.ddl_log (xid)',
   FUNCTION_SQL,
   `CREATE EVENT TRIGGER ${DDL_END_TRIGGER} ON ddl_command_end EXECUTE FUNCTION ${TRIGGER_FUNCTION}()`,

@@ -24,6 +24,7 @@
 
 import pg from 'pg';
 import { PermanentError } from '../core/errors.ts';
+import { CREATE_DDL_LOG_TABLE } from '../core/ddl-log.ts';
 
 export type SqlClient = Pick<pg.ClientBase, 'query'>;
 
@@ -97,16 +98,7 @@ const MIGRATIONS: readonly (readonly string[])[] = [
        action text NOT NULL,
        detail jsonb NOT NULL DEFAULT '{}'
      )`,
-    `CREATE TABLE IF NOT EXISTS lifeboat.ddl_log (
-       id bigserial PRIMARY KEY,
-       at timestamptz NOT NULL DEFAULT now(),
-       xid bigint,
-       command_tag text,
-       object_identity text,
-       ddl text NOT NULL,
-       search_path text,
-       role text
-     )`,
+    CREATE_DDL_LOG_TABLE,
   ],
   // 2: messages that failed validation, kept whole (never silently dropped).
   [
