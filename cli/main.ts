@@ -6,6 +6,7 @@ import { notBuiltYet } from './not-built.ts';
 import { configCheckCommand, configDefaultsCommand } from './commands/config.ts';
 import { costCommand } from './commands/cost.ts';
 import { agentCommand } from './commands/agent.ts';
+import { resumeCommand } from './commands/resume.ts';
 
 export const commands: readonly CliCommand[] = [
   notBuiltYet(['local'], 'run the whole system on this machine (what `npm start` runs)', 7,
@@ -25,8 +26,7 @@ export const commands: readonly CliCommand[] = [
     'Usage: lifeboat failback [--dry-run] [--json]'),
   notBuiltYet(['drill'], 'run a disaster-recovery drill and report detection, switch, RTO and RPO', 7,
     'Usage: lifeboat drill [--hard] [--json]'),
-  notBuiltYet(['resume'], 'resolve a halted stream, with an audit record', 4,
-    'Usage: lifeboat resume --skip-batch ID --reason TEXT'),
+  resumeCommand,
   costCommand,
 ];
 

@@ -11,6 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeBatch } from '../../core/batch-codec.ts';
 import type { ChangeBatch, RelationDescriptor } from '../../core/change-batch.ts';
 import { setFencingEpoch } from '../../functions/apply-engine.ts';
+import { main } from '../../cli/main.ts';
+import { formatLsn } from '../../core/lsn.ts';
 import { createDatabase } from '../stack/stack-env.ts';
 
 let server: Server;
@@ -107,5 +109,40 @@ describe('lifeboatApply over HTTP', () => {
     expect(await deliver({ message: { data: 'not*base64', attributes: { kind: 'changes' }, messageId: 'bad-1' }, subscription: 's' })).toBe(204);
     const rows = await target.query<{ message_id: string; error: string }>('SELECT message_id, error FROM lifeboat.rejected_messages');
     expect(rows.rows).toEqual([{ message_id: 'bad-1', error: expect.stringMatching(/not valid base64/) }]);
+  });
+
+  it('halts on a change that cannot apply (500 every time), until `lifeboat resume --skip-batch` with an audit record', async () => {
+    await target.query(`INSERT INTO public.notes VALUES (7, 'written on the target by hand')`);
+    const bad = insertNotes(5, C + 0x380n, C + 0x500n, C + 0x580n, '7', 5);
+    const next = insertNotes(6, C + 0x580n, C + 0x600n, C + 0x680n, '8', 5);
+    expect(await deliver(envelope(bad))).toBe(500);
+    expect(await deliver(envelope(next))).toBe(500); // refused while halted, so Pub/Sub keeps it
+
+    let out = '';
+    let err = '';
+    const io = { cwd: process.cwd(), stdout: (t: string) => (out += t), stderr: (t: string) => (err += t) };
+    const env = { LIFEBOAT_TARGET_DATABASE_URL: process.env.LIFEBOAT_TARGET_DATABASE_URL, LIFEBOAT_CONFIG: process.env.LIFEBOAT_CONFIG, USER: 'ops' };
+    expect(await main(['resume', '--reason', 'row 7 exists on the target'], env, io)).toBe(0); // retries the same batch: still halts
+    expect(await deliver(envelope(bad))).toBe(500);
+    const range = `${formatLsn(C + 0x500n)}..${formatLsn(C + 0x580n)}`;
+    expect(await main(['resume', '--reason', 'row 7 was written on the target by hand', '--skip-batch', range], env, io)).toBe(0);
+    expect(err).toBe('');
+    expect(out).toMatch(new RegExp(`stream main resumed, skipping batch ${range.replace(/\./g, '\\.')} \\(its changes are NOT on the target\\)`));
+    expect(await deliver(envelope(next))).toBe(204);
+    expect(await count(`SELECT count(*) AS n FROM public.notes WHERE id = 8`)).toBe(1);
+    const audit = await target.query<{ actor: string; action: string }>(`SELECT actor, action FROM lifeboat.audit WHERE action LIKE 'resume%' ORDER BY id`);
+    expect(audit.rows).toEqual([
+      { actor: 'ops', action: expect.stringMatching(/^resume/) },
+      { actor: 'ops', action: 'resume-skip-batch' },
+    ]);
+  });
+
+  it('resume refuses a usage error before touching anything', async () => {
+    let err = '';
+    const io = { cwd: process.cwd(), stdout: () => {}, stderr: (t: string) => (err += t) };
+    expect(await main(['resume'], {}, io)).toBe(2);
+    expect(err).toMatch(/--reason is required/);
+    expect(await main(['resume', '--reason', 'x', '--skip-batch', 'nonsense'], {}, io)).toBe(2);
+    expect(err).toMatch(/not an LSN range/);
   });
 });
