@@ -316,7 +316,7 @@ export const sequenceStateSchema = z.strictObject({
 export const heartbeatSchema = z.strictObject({
   /** Source server clock when the heartbeat was taken. */
   sourceTime: isoDateTime,
-  /** pg_current_wal_lsn() on the source at sourceTime. */
+  /** WAL position of the heartbeat message itself (pg_logical_emit_message), which is also the batch's lsnLast: every commit before it has been received. */
   walLsn: lsnText,
   /** Sequence positions (pgoutput does not carry sequences). */
   sequences: z.array(sequenceStateSchema),
