@@ -3,7 +3,7 @@
 // exactly as the batch says.
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -74,6 +74,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await new Promise((r) => server?.close(r));
   await target?.end();
+  if (process.env.LIFEBOAT_STORAGE_LOCAL_DIR) rmSync(process.env.LIFEBOAT_STORAGE_LOCAL_DIR, { recursive: true, force: true });
 });
 
 describe('lifeboatApply over HTTP', () => {
