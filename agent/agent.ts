@@ -37,6 +37,7 @@ import {
   listPublishedTables,
   readSequences,
   reconcilePublicationTables,
+  slotLostError,
   slotProblem,
   walRetentionWarning,
   type SlotInfo,
@@ -204,9 +205,10 @@ export class LifeboatAgent {
         this.resnapshotPending = false;
         slot = await inspectSlot(client, this.cfg.source.slot);
       }
-      if (!slot || slot.confirmedFlushLsn === undefined) throw slotProblem(slot as SlotInfo) ?? new PermanentError(`slot ${this.cfg.source.slot} vanished after the snapshot`);
+      if (!slot) throw new PermanentError(`replication slot ${this.cfg.source.slot} vanished after the snapshot`, { remedy: 'Start the agent again; it copies the tables anew.' });
       const problem = slotProblem(slot);
       if (problem) throw problem;
+      if (slot.confirmedFlushLsn === undefined) throw slotLostError(this.cfg.source.slot);
       await this.runStream(client, slot.confirmedFlushLsn, signal);
     } finally {
       await client.end().catch(() => undefined);

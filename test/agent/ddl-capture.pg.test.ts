@@ -1,20 +1,9 @@
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ensureDdlCapture, isDdlCaptureEnabled } from '../../agent/ddl-capture.ts';
 import { PermanentError } from '../../core/errors.ts';
 import { createDatabase } from '../stack/stack-env.ts';
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!().catch(() => undefined);
-});
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  cleanups.push(() => c.end());
-  return c;
-}
+import { connect, defer } from '../helpers/pg-test-resources.ts';
 
 interface Logged {
   command_tag: string;
@@ -81,7 +70,7 @@ describe('DDL capture', () => {
     const admin = await connect(url);
     const role = `plain_${Date.now().toString(36)}`;
     await admin.query(`CREATE ROLE ${role} LOGIN`);
-    cleanups.push(async () => {
+    defer(async () => {
       await admin.query(`DROP OWNED BY ${role}`).catch(() => undefined);
       await admin.query(`DROP ROLE ${role}`);
     });

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { UNCHANGED_TOAST, type PgoutputMessage } from '../../agent/pgoutput-reader.ts';
 import {
   classifyReplicationError,
@@ -22,44 +22,15 @@ import { createLogger } from '../../core/log.ts';
 import { parseLsn, type Lsn } from '../../core/lsn.ts';
 import { startPostgresCluster } from '../stack/local-stack.ts';
 import { createDatabase } from '../stack/stack-env.ts';
+import { connect, defer, dropSlotEventually, nextWithin } from '../helpers/pg-test-resources.ts';
 
 // Quiet logs: the tests check behaviour, not log lines.
 const logger = createLogger({ component: 'replication-stream-test', level: 'error' });
 
 // Slots are cluster-wide and hold WAL: every test drops the ones it made.
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!();
-});
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  cleanups.push(() => c.end().catch(() => {}));
-  return c;
-}
 
 function uniqueSlot(): string {
   return `lb_test_${randomBytes(6).toString('hex')}`;
-}
-
-async function dropSlotEventually(url: string, slot: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    for (let i = 0; i < 100; i++) {
-      const r = await c.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [slot]);
-      if (r.rows.length === 0) return;
-      if (!r.rows[0]!.active) {
-        await c.query('SELECT pg_drop_replication_slot($1)', [slot]);
-        return;
-      }
-      await new Promise((res) => setTimeout(res, 100));
-    }
-    throw new Error(`slot ${slot} stayed active`);
-  } finally {
-    await c.end();
-  }
 }
 
 /** A fresh database with `ddl`, a publication and a slot created after the DDL. */
@@ -73,28 +44,14 @@ async function setup(ddl: string[], publication = 'lifeboat') {
   await repl.connect();
   const created = await createLogicalSlot(repl, slot);
   await repl.end();
-  cleanups.push(() => dropSlotEventually(url, slot));
+  defer(() => dropSlotEventually(url, slot));
   return { url, sql, slot, publication, created };
 }
 
 async function open(opts: ReplicationStreamOptions): Promise<ReplicationStream> {
   const s = await startReplicationStream({ logger, ...opts });
-  cleanups.push(() => s.close());
+  defer(() => s.close());
   return s;
-}
-
-async function nextWithin(stream: ReplicationStream, ms = 20_000): Promise<StreamedMessage> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const r = await Promise.race([
-      stream.next(),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no message within ${ms} ms`)), ms))),
-    ]);
-    if (r.done) throw new Error('stream ended');
-    return r.value;
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function readUntil(stream: ReplicationStream, stop: (m: StreamedMessage) => boolean): Promise<StreamedMessage[]> {
@@ -395,7 +352,7 @@ describe('replication stream against PostgreSQL 15', () => {
     const slot = uniqueSlot();
     const repl = createReplicationClient(url);
     await repl.connect();
-    cleanups.push(() => dropSlotEventually(url, slot));
+    defer(() => dropSlotEventually(url, slot));
     const created = await createLogicalSlot(repl, slot);
     expect(created.slotName).toBe(slot);
     expect(created.snapshotName).toMatch(/^[0-9A-F]+-[0-9A-F]+-\d+$/);
@@ -419,7 +376,7 @@ describe('replication stream against PostgreSQL 15', () => {
     // Creating it twice is a clear permanent error.
     const repl2 = createReplicationClient(url);
     await repl2.connect();
-    cleanups.push(() => repl2.end().catch(() => {}));
+    defer(() => repl2.end().catch(() => {}));
     await expect(createLogicalSlot(repl2, slot)).rejects.toThrow(/already exists/);
   });
 

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { agentStateFile, planStart, readAgentState, writeAgentState } from '../../agent/agent-state.ts';
 import type { InsertMessage, RelationMessage } from '../../agent/pgoutput-reader.ts';
 import {
@@ -19,63 +19,20 @@ import { parseChangeBatch, toWireJson, type ChangeBatch, type Tuple } from '../.
 import { RetryableError } from '../../core/errors.ts';
 import { createLogger } from '../../core/log.ts';
 import { createDatabase } from '../stack/stack-env.ts';
+import { connect, defer, dropSlotEventually, nextWithin } from '../helpers/pg-test-resources.ts';
 
 const logger = createLogger({ component: 'snapshot-copier-test', level: 'error' });
 
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!();
-});
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  cleanups.push(() => c.end().catch(() => {}));
-  return c;
-}
-
 const uniqueSlot = () => `lb_snap_${randomBytes(5).toString('hex')}`;
-
-async function dropSlotEventually(url: string, slot: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    for (let i = 0; i < 100; i++) {
-      const r = await c.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [slot]);
-      if (r.rows.length === 0) return;
-      if (!r.rows[0]!.active) {
-        await c.query('SELECT pg_drop_replication_slot($1)', [slot]);
-        return;
-      }
-      await new Promise((res) => setTimeout(res, 100));
-    }
-  } finally {
-    await c.end();
-  }
-}
 
 /** A replication connection that created the slot and stays open (and idle) so its snapshot lives. */
 async function createSlotKeepingSnapshot(url: string, slot: string) {
   const repl = createReplicationClient(url);
   await repl.connect();
-  cleanups.push(() => dropSlotEventually(url, slot));
-  cleanups.push(() => repl.end().catch(() => {}));
+  defer(() => dropSlotEventually(url, slot));
+  defer(() => repl.end().catch(() => {}));
   const created = await createLogicalSlot(repl, slot);
   return { repl, created };
-}
-
-async function nextWithin(stream: ReplicationStream, ms = 20_000): Promise<StreamedMessage> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const r = await Promise.race([
-      stream.next(),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no message within ${ms} ms`)), ms))),
-    ]);
-    if (r.done) throw new Error('stream ended');
-    return r.value;
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 5_000): Promise<T> {
@@ -310,7 +267,7 @@ describe('snapshot copier against PostgreSQL 15', () => {
 
     // The stream continues exactly after the consistent point.
     const stream = await startReplicationStream({ connectionString: url, slot, publication: 'lifeboat', logger });
-    cleanups.push(() => stream.close());
+    defer(() => stream.close());
     const items: StreamedMessage[] = [];
     let commits = 0;
     while (commits < 3) {
@@ -427,7 +384,7 @@ describe('snapshot copier against PostgreSQL 15', () => {
     await ensurePublication(sql, { publication: 'lifeboat', slot: 'unused', tables: [], excludeTables: [], maxSlotWalKeepSize: '1GB' }, { logger });
     const tables: TableName[] = await listPublishedTables(sql, 'lifeboat');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lb-snapshot-state-'));
-    cleanups.push(async () => fs.rmSync(dir, { recursive: true, force: true }));
+    defer(async () => fs.rmSync(dir, { recursive: true, force: true }));
     const file = agentStateFile(dir, 'main');
     const slot = uniqueSlot();
     const plan = async () => planStart({ state: await readAgentState(file, 'main'), slot: await inspectSlot(sql, slot), resnapshot: false, slotName: slot });

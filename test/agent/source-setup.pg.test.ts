@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   createLogicalSlot,
   createReplicationClient,
@@ -40,21 +40,10 @@ import { PermanentError, ValidationError } from '../../core/errors.ts';
 import { createLogger } from '../../core/log.ts';
 import { startPostgresCluster } from '../stack/local-stack.ts';
 import { createDatabase, withDatabase } from '../stack/stack-env.ts';
+import { connect, defer, dropSlotEventually, nextWithin } from '../helpers/pg-test-resources.ts';
 
 // Quiet: reconcile logs an error by design in one test.
 const logger = createLogger({ component: 'source-setup-test', level: 'critical' });
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!();
-});
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  cleanups.push(() => c.end().catch(() => {}));
-  return c;
-}
 
 async function freshDb(name: string, ddl: string[] = []): Promise<{ url: string; sql: pg.Client }> {
   const url = await createDatabase('local', name);
@@ -69,45 +58,13 @@ function config(over: Partial<SourceSetupConfig> = {}): SourceSetupConfig {
   return { publication: 'lifeboat', slot: uniqueSlot(), tables: [], excludeTables: [], maxSlotWalKeepSize: '1GB', ...over };
 }
 
-async function dropSlotEventually(url: string, slot: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    for (let i = 0; i < 100; i++) {
-      const r = await c.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [slot]);
-      if (r.rows.length === 0) return;
-      if (!r.rows[0]!.active) {
-        await c.query('SELECT pg_drop_replication_slot($1)', [slot]);
-        return;
-      }
-      await new Promise((res) => setTimeout(res, 100));
-    }
-  } finally {
-    await c.end();
-  }
-}
-
 async function makeSlot(url: string, slot: string) {
   const repl = createReplicationClient(url);
   await repl.connect();
   const created = await createLogicalSlot(repl, slot);
   await repl.end();
-  cleanups.push(() => dropSlotEventually(url, slot));
+  defer(() => dropSlotEventually(url, slot));
   return created;
-}
-
-async function nextWithin(stream: ReplicationStream, ms = 20_000): Promise<StreamedMessage> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const r = await Promise.race([
-      stream.next(),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no message within ${ms} ms`)), ms))),
-    ]);
-    if (r.done) throw new Error('stream ended');
-    return r.value;
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 const names = (tables: readonly { schema: string; name: string }[]) => tables.map((t) => `${t.schema}.${t.name}`);
@@ -222,7 +179,7 @@ describe('privileges', () => {
     const role = `lb_agent_${randomBytes(4).toString('hex')}`;
     await sql.query(`CREATE ROLE ${role} LOGIN`);
     await sql.query(`GRANT SELECT ON open TO ${role}`);
-    cleanups.push(async () => {
+    defer(async () => {
       await sql.query(`DROP OWNED BY ${role}`).catch(() => {});
       await sql.query(`DROP ROLE ${role}`);
     });
@@ -550,7 +507,7 @@ describe('heartbeat and sequences', () => {
     const slot = uniqueSlot();
     await makeSlot(url, slot);
     const stream = await startReplicationStream({ connectionString: url, slot, publication: 'lifeboat', logger });
-    cleanups.push(() => stream.close());
+    defer(() => stream.close());
 
     await sql.query('INSERT INTO t DEFAULT VALUES');
     const sequences = await readSequences(sql, await listPublishedTables(sql, 'lifeboat'));

@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ChangeBatcher, UnknownTypeError } from '../../agent/change-batcher.ts';
 import { ensureDdlCapture } from '../../agent/ddl-capture.ts';
 import { createLogicalSlot, createReplicationClient, startReplicationStream, type ReplicationStream, type StreamedMessage } from '../../agent/replication-stream.ts';
@@ -26,37 +26,12 @@ import {
 import { ensureTargetSchema, TARGET_SCHEMA_VERSION } from '../../functions/target-schema.ts';
 import { createDatabase } from '../stack/stack-env.ts';
 import { tableChecksum, userTables } from '../helpers/table-checksum.ts';
+import { connect, defer, nextWithin } from '../helpers/pg-test-resources.ts';
 
 const execFileAsync = promisify(execFile);
 const logger = createLogger({ component: 'apply-engine-test', level: 'critical' });
 const PUBLICATION = 'lifeboat_test';
 const STREAM = 'main';
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!().catch(() => undefined);
-});
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  cleanups.push(() => c.end());
-  return c;
-}
-
-async function nextWithin(stream: ReplicationStream, ms = 30_000): Promise<StreamedMessage> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const r = await Promise.race([
-      stream.next(),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no message within ${ms} ms`)), ms))),
-    ]);
-    if (r.done) throw new Error('stream ended');
-    return r.value;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Hand-built batches
@@ -155,7 +130,7 @@ async function pipeline(name: string, preSql: string[] = []): Promise<Pipeline> 
   await repl.connect();
   const created = await createLogicalSlot(repl, slot);
   await repl.end();
-  cleanups.push(async () => {
+  defer(async () => {
     const c = new pg.Client({ connectionString: sourceUrl });
     await c.connect();
     await c.query('SELECT pg_drop_replication_slot($1)', [slot]).catch(() => undefined);
@@ -192,7 +167,7 @@ async function pipeline(name: string, preSql: string[] = []): Promise<Pipeline> 
         });
         const batches: ChangeBatch[] = [];
         for (;;) {
-          const item = await nextWithin(stream);
+          const item = await nextWithin(stream, 30_000);
           if (item.message.tag === 'message' && item.message.prefix === sentinel) break;
           try {
             batches.push(...batcher.push(item));
