@@ -32,3 +32,44 @@ export interface MessagePublisher {
   resumeOrderingKey(orderingKey: string): void;
   close(): Promise<void>;
 }
+
+/** The two sides that can serve the app. */
+export type ServingSide = 'local' | 'cloud';
+
+/**
+ * Where client traffic goes: the Cloud DNS record in cloud mode, the
+ * localhost traffic router in local mode.
+ */
+export interface TrafficSwitch {
+  /**
+   * Points traffic at `side`. Idempotent: pointing at the side already served
+   * changes nothing (`changed: false`). Resolves once the change is accepted.
+   */
+  pointAt(side: ServingSide): Promise<{ changed: boolean; detail: string }>;
+  /** Where traffic goes now; 'unknown' when it points at neither configured target. */
+  current(): Promise<ServingSide | 'unknown'>;
+}
+
+/** The app's cloud copy (Cloud Run service; a supervised process in local mode). */
+export interface AppScaler {
+  /** Sets the minimum number of warm instances. Idempotent. */
+  setMinInstances(count: 0 | 1): Promise<{ changed: boolean; detail: string }>;
+  minInstances(): Promise<number>;
+}
+
+/** A lifecycle event (failover, failback, lease change), for the events topic. */
+export interface LifecycleEvent {
+  readonly type: string;
+  readonly stream: string;
+  readonly epoch: number;
+  /** The decision's sentence. */
+  readonly reason: string;
+  /** ISO time. */
+  readonly at: string;
+  readonly details?: Readonly<Record<string, unknown>>;
+}
+
+/** Publishes lifecycle events (the events topic). */
+export interface EventSink {
+  publish(event: LifecycleEvent): Promise<void>;
+}
