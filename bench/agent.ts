@@ -35,8 +35,8 @@ import { LifeboatAgent, type AgentStatusReport } from '../agent/agent.ts';
 import { parseConfig, type LifeboatConfig } from '../core/config.ts';
 import { createLogger } from '../core/log.ts';
 import { parseLsn, type Lsn } from '../core/lsn.ts';
-import { startLocalStack, type LocalStack } from '../test/stack/local-stack.ts';
-import { findPgBin, realLookup } from '../test/stack/prerequisites.ts';
+import { startLocalStack, type LocalStack } from '../local/local-stack.ts';
+import { findPgBin, realLookup } from '../local/prerequisites.ts';
 
 const QUICK = process.argv.includes('--quick');
 const REPO = fileURLToPath(new URL('..', import.meta.url));

@@ -23,7 +23,7 @@ import { createLogger } from '../core/log.ts';
 import { type Lsn } from '../core/lsn.ts';
 import { applyBatch } from '../functions/apply-engine.ts';
 import { ensureTargetSchema } from '../functions/target-schema.ts';
-import { startPostgresCluster } from '../test/stack/local-stack.ts';
+import { startPostgresCluster } from '../local/local-stack.ts';
 
 const ROWS = Number(process.argv[2] ?? 500_000);
 const TX_ROWS = 1000;

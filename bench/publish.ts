@@ -22,7 +22,7 @@ import { BatchOutbox } from '../agent/batch-outbox.ts';
 import { encodeBatch } from '../core/batch-codec.ts';
 import { formatIsoMicros, type ChangeBatch, type RelationDescriptor } from '../core/change-batch.ts';
 import { createLogger } from '../core/log.ts';
-import { startPubsubEmulator } from '../test/stack/local-stack.ts';
+import { startPubsubEmulator } from '../local/local-stack.ts';
 
 const BATCHES = Number(process.argv[2] ?? 200);
 const ROWS = 1000;

@@ -16,7 +16,7 @@ import { PermanentError, ValidationError, isRetryable } from '../../core/errors.
 import { createLogger } from '../../core/log.ts';
 import { parseLsn, type Lsn } from '../../core/lsn.ts';
 import type { MessagePublisher } from '../../core/ports.ts';
-import { recordInStack, startPubsubEmulator, type Emulator } from '../stack/local-stack.ts';
+import { recordInStack, startPubsubEmulator, type Emulator } from '../../local/local-stack.ts';
 import { getStack, uniqueProjectId } from '../stack/stack-env.ts';
 
 const stack = getStack();

@@ -20,7 +20,7 @@ import {
 import { PermanentError, RetryableError } from '../../core/errors.ts';
 import { createLogger } from '../../core/log.ts';
 import { parseLsn, type Lsn } from '../../core/lsn.ts';
-import { startPostgresCluster } from '../stack/local-stack.ts';
+import { startPostgresCluster } from '../../local/local-stack.ts';
 import { createDatabase } from '../stack/stack-env.ts';
 import { connect, defer, dropSlotEventually, nextWithin } from '../helpers/pg-test-resources.ts';
 

@@ -38,7 +38,7 @@ import {
 } from '../../agent/source-setup.ts';
 import { PermanentError, ValidationError } from '../../core/errors.ts';
 import { createLogger } from '../../core/log.ts';
-import { startPostgresCluster } from '../stack/local-stack.ts';
+import { startPostgresCluster } from '../../local/local-stack.ts';
 import { createDatabase, withDatabase } from '../stack/stack-env.ts';
 import { connect, defer, dropSlotEventually, nextWithin } from '../helpers/pg-test-resources.ts';
 

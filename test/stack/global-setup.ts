@@ -2,7 +2,7 @@
 // run, shared by every *.pg.test.ts file through inject('stack').
 import fs from 'node:fs';
 import type { TestProject } from 'vitest/node';
-import { childPids, isProcessAlive, processesWithCwdUnder, startLocalStack } from './local-stack.ts';
+import { childPids, isProcessAlive, processesWithCwdUnder, startLocalStack } from '../../local/local-stack.ts';
 // Type-only, erased at run time: stack-env.ts imports the 'vitest' runtime,
 // which must not load here. Its ProvidedContext declaration types provide().
 import type {} from './stack-env.ts';

@@ -9,7 +9,7 @@ import {
   findPubsubJar,
   postgresRunAs,
   type SystemLookup,
-} from './prerequisites.ts';
+} from '../../local/prerequisites.ts';
 
 const PG = '/usr/lib/postgresql/15/bin';
 const SDK = '/usr/lib/google-cloud-sdk';

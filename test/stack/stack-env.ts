@@ -3,9 +3,9 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { inject } from 'vitest';
-import { recordInStack, type StackInfo } from './local-stack.ts';
+import { recordInStack, type StackInfo } from '../../local/local-stack.ts';
 
-export type { StackInfo } from './local-stack.ts';
+export type { StackInfo } from '../../local/local-stack.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
