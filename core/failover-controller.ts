@@ -29,10 +29,10 @@
 //     |                                         +------------+   fence-cloud (target epoch E + 1)
 //     |                                                |
 //     |  record-event                                  v
-//     |  (local serves at E + 1)                +--------------+  wait-for-drain, hand-lease-to-local
-//     +---------------------------------------- | failing-back |  (lease: local, E + 1), switch-traffic-
-//                                               +--------------+  to-local, scale-cloud-run 0,
-//                                                                 resume-forward-streaming
+//     |  (local serves at E + 1)                +--------------+  wait-for-drain, resume-forward-streaming
+//     +---------------------------------------- | failing-back |  (new slot), hand-lease-to-local (lease:
+//                                               +--------------+  local, E + 1), switch-traffic-to-local,
+//                                                                 scale-cloud-run 0
 //
 //   Any state --(lease epoch went backwards, lease moved under a step,
 //   permanent step error)--> halted --(operator resume)--> the state it left.
@@ -88,7 +88,9 @@ export const FAILOVER_STEPS = [
   'record-event',
 ] as const;
 export const RECOVERY_STEPS = ['start-reverse-sync', 'catching-up', 'awaiting-verify', 'awaiting-hook'] as const;
-export const FAILBACK_STEPS = ['drain', 'switch-traffic-to-local', 'scale-cloud-run', 'resume-forward-streaming', 'record-event'] as const;
+// Forward streaming is prepared (new slot, watermark rebased) BEFORE local gets the lease: once it holds
+// the lease the agent lifts the fence and local takes writes, which must all be captured.
+export const FAILBACK_STEPS = ['drain', 'hand-lease', 'switch-traffic-to-local', 'scale-cloud-run', 'record-event'] as const;
 
 const normalState = z.strictObject({ phase: z.literal('normal'), knownEpoch });
 const suspectState = z.strictObject({
@@ -790,20 +792,27 @@ class Cycle {
     const { obs, now } = this;
     const localEpoch = st.epoch + 1;
     const at = (step: (typeof FAILBACK_STEPS)[number]) => ({ ...st, step });
-    if (st.step === 'drain') {
+    if (st.step === 'drain' || st.step === 'hand-lease') {
       if (this.#lease?.holder === 'local' && this.#lease.epoch === localEpoch) {
         // The handover went through but its answer was lost (or a twin controller did it).
         const d = this.failingBack({ ...st, step: 'switch-traffic-to-local' });
         return { ...d, reason: `the lease already shows local at epoch ${localEpoch}, as this failback was handing it over; continuing: ${d.reason}` };
       }
-      const stop = this.cloudHolds(st.epoch, 'failing back (drain)');
+      const stop = this.cloudHolds(st.epoch, `failing back (${st.step})`);
       if (stop) return stop;
+      if (st.step === 'hand-lease') {
+        return this.decision(
+          { kind: 'hand-lease-to-local', epoch: localEpoch, fromEpoch: st.epoch },
+          `handed the lease to local at epoch ${localEpoch}: the cloud is fenced, reverse sync has drained and forward streaming is prepared`,
+          at('switch-traffic-to-local'),
+        );
+      }
       const h = obs.localHealth;
       if (h?.healthy && h.caughtUp) {
         return this.decision(
-          { kind: 'hand-lease-to-local', epoch: localEpoch, fromEpoch: st.epoch },
-          `handed the lease to local at epoch ${localEpoch}: the cloud is fenced and reverse sync has drained (${h.detail})`,
-          at('switch-traffic-to-local'),
+          { kind: 'resume-forward-streaming', epoch: localEpoch },
+          `prepared forward streaming at epoch ${localEpoch} (a new replication slot on local, the target's watermark moved to its start) once reverse sync had drained (${h.detail})`,
+          at('hand-lease'),
         );
       }
       const waited = now - st.startedAt;
@@ -828,9 +837,7 @@ class Cycle {
       case 'switch-traffic-to-local':
         return this.decision({ kind: 'switch-traffic-to-local', epoch: lease.epoch }, `pointed traffic back at local (epoch ${lease.epoch})`, at('scale-cloud-run'));
       case 'scale-cloud-run':
-        return this.decision({ kind: 'scale-cloud-run', minInstances: 0 }, 'set Cloud Run min instances to 0: the cloud copy scales to zero again', at('resume-forward-streaming'));
-      case 'resume-forward-streaming':
-        return this.decision({ kind: 'resume-forward-streaming', epoch: lease.epoch }, `resumed forward streaming from local at epoch ${lease.epoch}`, at('record-event'));
+        return this.decision({ kind: 'scale-cloud-run', minInstances: 0 }, 'set Cloud Run min instances to 0: the cloud copy scales to zero again', at('record-event'));
       case 'record-event':
         return this.decision(
           { kind: 'record-event', event: 'failback', epoch: lease.epoch },

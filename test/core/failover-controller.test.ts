@@ -392,11 +392,12 @@ describe('failed over and failback', () => {
       [obs({ lease: cloudLease, verify: { equal: true, detail: '12 tables, 48,210 rows' } }), 'fence-cloud',
         'fenced the cloud: epoch 8 written into the target and the app role made read-only there, because row counts and checksums match (12 tables, 48,210 rows)'],
       [obs({ lease: cloudLease, localHealth: { ...healthy, detail: 'lag 12 kB' } }), 'wait-for-drain', 'waiting for reverse sync to drain after fencing the cloud: lag 12 kB (1 s of 60 s)'],
-      [obs({ lease: cloudLease, localHealth: { ...healthy, caughtUp: true, detail: 'lag 0 B' } }), 'hand-lease-to-local',
-        'handed the lease to local at epoch 8: the cloud is fenced and reverse sync has drained (lag 0 B)'],
+      [obs({ lease: cloudLease, localHealth: { ...healthy, caughtUp: true, detail: 'lag 0 B' } }), 'resume-forward-streaming',
+        "prepared forward streaming at epoch 8 (a new replication slot on local, the target's watermark moved to its start) once reverse sync had drained (lag 0 B)"],
+      [obs({ lease: cloudLease }), 'hand-lease-to-local',
+        'handed the lease to local at epoch 8: the cloud is fenced, reverse sync has drained and forward streaming is prepared'],
       [obs({ lease: seen(local(8, T0 + s(8))) }), 'switch-traffic-to-local', 'pointed traffic back at local (epoch 8)'],
       [obs({ lease: seen(local(8, T0 + s(9))) }), 'scale-cloud-run', 'set Cloud Run min instances to 0: the cloud copy scales to zero again'],
-      [obs({ lease: seen(local(8, T0 + s(10))) }), 'resume-forward-streaming', 'resumed forward streaming from local at epoch 8'],
       [obs({ lease: seen(local(8, T0 + s(11))) }), 'record-event', 'recorded the failback to local at epoch 8 in the audit trail and on the events topic; local serves'],
     ];
     let now = T0 + s(100);
@@ -481,7 +482,7 @@ describe('lost answers', () => {
   });
 
   it('a handover whose answer was lost is picked up from the lease', () => {
-    const st: ControllerState = { phase: 'failing-back', knownEpoch: 7, epoch: 7, step: 'drain', startedAt: T0 };
+    const st: ControllerState = { phase: 'failing-back', knownEpoch: 7, epoch: 7, step: 'hand-lease', startedAt: T0 };
     const d = run(st, obs({ lease: seen(local(8)) }), T0 + s(1));
     expect(d.action).toEqual({ kind: 'switch-traffic-to-local', epoch: 8 });
     expect(d.reason).toBe('the lease already shows local at epoch 8, as this failback was handing it over; continuing: pointed traffic back at local (epoch 8)');
