@@ -384,6 +384,10 @@ const probeSection = section(
       'Keep probing throughout each scheduler run instead of checking once (detects outages faster, costs more function time).',
     ),
     heartbeatStaleSeconds: field(seconds().default(30), "The agent's heartbeat counts as missing when older than this."),
+    localIntervalSeconds: field(
+      seconds().default(5),
+      "Local mode: how often the local scheduler loop calls the probe function (Cloud Scheduler's one-minute grain does not apply on one machine).",
+    ),
   },
   'Health probing from the cloud.',
 );

@@ -15,6 +15,7 @@ export const LOCAL_ONLY_FIELDS: ReadonlySet<string> = new Set([
   'agent.httpHost',
   'agent.httpPort',
   'pubsub.emulatorHost',
+  'probe.localIntervalSeconds',
 ]);
 
 function getPath(obj: unknown, path: string): unknown {

@@ -1072,3 +1072,47 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
     stop,
   };
 }
+
+// ---------------------------------------------------------------------------
+// Any other process (local mode's agent and functions)
+
+export interface ChildProcessOptions {
+  name: string;
+  command: string;
+  args: string[];
+  cwd: string;
+  /** stdout and stderr are appended here. */
+  logFile: string;
+  env?: NodeJS.ProcessEnv;
+  /** Default SIGTERM; SIGKILL of the process group after stopTimeoutMs. */
+  stopSignal?: NodeJS.Signals;
+  stopTimeoutMs?: number;
+  onSpawn?: (p: SpawnedProcess) => void;
+}
+
+export interface RunningChild {
+  readonly name: string;
+  readonly pid: number;
+  /** Resolves with how it ended ('exit code 0', 'killed by SIGKILL'). */
+  readonly exited: Promise<string>;
+  hasExited(): boolean;
+  /** Stops it (stop signal, then SIGKILL of its group). */
+  stop(): Promise<void>;
+  /** Sends a signal to the process alone (chaos: SIGKILL). */
+  signal(sig: NodeJS.Signals): void;
+}
+
+/** Starts a process under the same exit hooks as the clusters and emulators: it never outlives us. */
+export async function startChildProcess(o: ChildProcessOptions): Promise<RunningChild> {
+  fs.mkdirSync(path.dirname(o.logFile), { recursive: true });
+  const p = await spawnManaged({ ...o, stopSignal: o.stopSignal ?? 'SIGTERM' });
+  const timeout = o.stopTimeoutMs ?? 10_000;
+  return {
+    name: o.name,
+    pid: p.pid,
+    exited: p.exited.then(() => p.exitDescription()),
+    hasExited: () => p.hasExited(),
+    stop: () => stopManaged(p, timeout),
+    signal: (sig) => signalPid(p.pid, sig),
+  };
+}

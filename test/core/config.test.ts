@@ -74,6 +74,7 @@ describe('DEFAULT_CONFIG', () => {
       timeoutMs: 2000,
       continuous: false,
       heartbeatStaleSeconds: 30,
+      localIntervalSeconds: 5,
     });
     expect(d.failover).toEqual({ auto: true, failback: 'manual', hookTimeoutMs: 5000, sequenceSafetyGap: 1000, drainTimeoutSeconds: 60 });
     expect(d.dns).toEqual({ ttlSeconds: 30, routerPort: 8080 });
