@@ -95,4 +95,17 @@ describe('runInfraMain', () => {
     expect(local).toBe(1);
     expect(err).toContain("mode is 'local'");
   });
+
+  it('builds the functions from this repository: the bundle registers apply, probe and status', () => {
+    const outdir = join(dir, 'out3');
+    let err = '';
+    const code = runInfraMain({ LIFEBOAT_CONFIG: FIXTURE_CONFIG_FILE, CDKTF_OUTDIR: outdir }, REPO, () => {}, (t) => (err += t));
+    expect(err).toMatch(/^build-functions: .*index\.js .*6 external dependencies/);
+    expect(code).toBe(0);
+    const bundle = readFileSync(join(REPO, '.lifeboat', 'functions-build', 'index.js'), 'utf8');
+    for (const name of ['lifeboatApply', 'lifeboatProbe', 'lifeboatStatus']) expect(bundle).toContain(`"${name}"`);
+    const json = JSON.parse(readFileSync(join(outdir, 'stacks', 'lifeboat', 'cdk.tf.json'), 'utf8')) as { resource: Record<string, Record<string, { build_config?: { entry_point?: string } }>> };
+    const entryPoints = Object.values(json.resource.google_cloudfunctions2_function ?? {}).map((f) => f.build_config?.entry_point).sort();
+    expect(entryPoints).toEqual(['lifeboatApply', 'lifeboatProbe', 'lifeboatStatus']);
+  }, 120_000);
 });
