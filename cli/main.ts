@@ -7,6 +7,8 @@ import { configCheckCommand, configDefaultsCommand } from './commands/config.ts'
 import { costCommand } from './commands/cost.ts';
 import { agentCommand } from './commands/agent.ts';
 import { resumeCommand } from './commands/resume.ts';
+import { failoverCommand } from './commands/failover.ts';
+import { failbackCommand } from './commands/failback.ts';
 
 export const commands: readonly CliCommand[] = [
   notBuiltYet(['local'], 'run the whole system on this machine (what `npm start` runs)', 7,
@@ -20,10 +22,8 @@ export const commands: readonly CliCommand[] = [
     'Usage: lifeboat status [--json]'),
   notBuiltYet(['verify'], 'compare row counts and checksums per table on both sides', 7,
     'Usage: lifeboat verify [--json]'),
-  notBuiltYet(['failover'], 'move the writer to the cloud (manual path)', 5,
-    'Usage: lifeboat failover [--dry-run] [--json]'),
-  notBuiltYet(['failback'], 'bring the writer back to the local side (manual path)', 5,
-    'Usage: lifeboat failback [--dry-run] [--json]'),
+  failoverCommand,
+  failbackCommand,
   notBuiltYet(['drill'], 'run a disaster-recovery drill and report detection, switch, RTO and RPO', 7,
     'Usage: lifeboat drill [--hard] [--json]'),
   resumeCommand,

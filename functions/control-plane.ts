@@ -5,9 +5,10 @@
 // and status functions and the operator commands (`lifeboat failover`,
 // `lifeboat failback`, `lifeboat status`) all build it here, so they act on
 // the same things in the same way.
-import { dirname, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { Firestore } from '@google-cloud/firestore';
 import pg from 'pg';
+import { resolveStateDir } from '../agent/agent-state.ts';
 import { createCloudDnsTrafficSwitch } from '../adapters/cloud-dns-traffic-switch.ts';
 import { createCloudRunScaler } from '../adapters/cloud-run-scaler.ts';
 import { controlDocumentFor, FirestoreControlStore } from '../adapters/firestore-control-store.ts';
@@ -48,7 +49,7 @@ export interface ControlPlane {
 
 /** Where local mode keeps its state files: LIFEBOAT_STATE_DIR, else the parent of storage.localDir (as the agent does). */
 export function localStateDir(config: LifeboatConfig, baseDir: string, env: Readonly<Record<string, string | undefined>>): string {
-  return env.LIFEBOAT_STATE_DIR || dirname(resolve(baseDir, config.storage.localDir));
+  return resolveStateDir({ config, baseDir, env });
 }
 
 function required<T>(value: T | undefined, field: string, why: string): T {

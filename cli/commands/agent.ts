@@ -3,7 +3,6 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LifeboatAgent } from '../../agent/agent.ts';
-import { LocalLeaseKeeper } from '../../agent/local-lease-keeper.ts';
 import { startStatusServer } from '../../agent/status-server.ts';
 import { connectFirestore, FirestoreLeaseStore } from '../../adapters/firestore-lease-store.ts';
 import { createFsObjectStore } from '../../adapters/object-store-fs.ts';
@@ -24,6 +23,18 @@ once, then streams every committed transaction to Pub/Sub. It confirms a
 position to PostgreSQL only after Pub/Sub acknowledged everything up to it,
 so it is safe to kill at any moment. It holds the writer lease for the local
 side; new batches carry its epoch.
+
+The lease guards the local database (docs/design.md):
+  - at start it lifts the local fence, only once it holds a valid lease; if
+    the cloud holds the lease, it fences the local database and exits 1;
+  - if it cannot renew the lease in time, it fences the local database
+    (new sessions read-only, every app session terminated, CONNECT revoked
+    from source.appRole when set) before ttl − margin, stops and exits 1;
+  - when the cloud asks for a graceful takeover, it fences the local
+    database, publishes a takeover marker, waits until Pub/Sub acknowledged
+    it, releases the lease and exits 0, leaving the database fenced.
+  The agent's role must own the database (or be a superuser) and hold
+  pg_signal_backend; it checks that at start.
 
 Options:
   --config FILE         the config (default: $LIFEBOAT_CONFIG, else ./lifeboat.yaml)
@@ -108,23 +119,12 @@ export const agentCommand: CliCommand = {
           : createFsObjectStore(resolve(loaded.baseDir, cfg.storage.localDir));
       const firestore = connectFirestore({ projectId: cfg.project, ...(hosts.firestore ? { emulatorHost: hosts.firestore } : {}) });
       closers.push(() => Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2_000))]));
-      const keeper = new LocalLeaseKeeper({
-        client: new LeaseClient({ store: new FirestoreLeaseStore({ firestore, document: cfg.lease.document }), timing: cfg }),
-        timing: cfg,
-        logger: log,
-        onMustFence: (reason) => {
-          log.critical(`stopping the agent: ${reason}`);
-          stop.abort();
-        },
-      });
-      await keeper.acquire();
-      const keeping = keeper.keep(stop.signal);
       const agent = new LifeboatAgent({
         config: cfg,
         baseDir: loaded.baseDir,
         publisher,
         objectStore,
-        epoch: () => keeper.epoch(),
+        lease: { client: new LeaseClient({ store: new FirestoreLeaseStore({ firestore, document: cfg.lease.document }), timing: cfg }) },
         logger: log,
         resnapshot: values.resnapshot ?? false,
         alterPublication: values['alter-publication'] ?? false,
@@ -132,13 +132,17 @@ export const agentCommand: CliCommand = {
       });
       const server = await startStatusServer(cfg.agent.httpHost, cfg.agent.httpPort, {
         health: () => agent.health(),
-        status: () => ({ ...agent.status(), lease: keeper.status() }),
+        status: () => agent.status(),
         metrics: () => agent.metrics(),
       });
       closers.push(() => server.close());
       log.notice(`agent endpoints on ${server.url} (/healthz, /status, /metrics)`, { url: server.url });
-      await agent.run(stop.signal);
-      await keeping;
+      const outcome = await agent.run(stop.signal);
+      if (outcome.ending === 'fenced') {
+        // A supervisor should notice: the local side may not write until failback.
+        io.stderr(`lifeboat agent: ${outcome.reason}\n`);
+        return EXIT_FAILURE;
+      }
       return EXIT_OK;
     } catch (err) {
       io.stderr(`lifeboat agent: ${describeError(err)}\n`);
