@@ -9,6 +9,7 @@ import { agentCommand } from './commands/agent.ts';
 import { resumeCommand } from './commands/resume.ts';
 import { failoverCommand } from './commands/failover.ts';
 import { failbackCommand } from './commands/failback.ts';
+import { statusCommand } from './commands/status.ts';
 
 export const commands: readonly CliCommand[] = [
   notBuiltYet(['local'], 'run the whole system on this machine (what `npm start` runs)', 7,
@@ -18,8 +19,7 @@ export const commands: readonly CliCommand[] = [
     'Usage: lifeboat init [--force]'),
   configCheckCommand,
   configDefaultsCommand,
-  notBuiltYet(['status'], 'mode, lease, lag, stream positions and the last events', 7,
-    'Usage: lifeboat status [--json]'),
+  statusCommand,
   notBuiltYet(['verify'], 'compare row counts and checksums per table on both sides', 7,
     'Usage: lifeboat verify [--json]'),
   failoverCommand,

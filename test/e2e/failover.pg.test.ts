@@ -3,11 +3,13 @@
 // processes, the demo app twice and the traffic router. Timings are shortened
 // through the config (lease TTL 8 s, rechecks every second) so that the test
 // runs in seconds; the decisions are the same.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { verifyTables } from '../../agent/table-verify.ts';
+import { main } from '../../cli/main.ts';
 import { startLocalSystem, type LocalSystem } from '../../local/local-system.ts';
 import { getStack, uniqueProjectId } from '../stack/stack-env.ts';
 
@@ -52,6 +54,27 @@ async function addTodo(title: string): Promise<Response> {
   return fetch(`${sys.info.routerUrl}/todos`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ title }) });
 }
 
+async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  // No --config: the CLI finds the running system through local.json in LIFEBOAT_STATE_DIR.
+  const { LIFEBOAT_CONFIG: _none, ...env } = process.env;
+  const code = await main(args, { ...env, LIFEBOAT_STATE_DIR: dir }, { stdout: (t) => (out += t), stderr: (t) => (err += t), cwd: dir });
+  return { code, out, err };
+}
+
+async function verify() {
+  const [a, b] = [new pg.Client({ connectionString: sys.info.localDatabaseUrl }), new pg.Client({ connectionString: sys.info.cloudDatabaseUrl })];
+  await a.connect();
+  await b.connect();
+  try {
+    return await verifyTables(a, b);
+  } finally {
+    await a.end();
+    await b.end();
+  }
+}
+
 async function status(): Promise<Record<string, any>> {
   return (await (await fetch(sys.info.statusUrl)).json()) as Record<string, any>;
 }
@@ -89,6 +112,14 @@ describe('local system', () => {
     const s = await status();
     expect(s.lease).toMatchObject({ holder: 'local', epoch: 1 });
     expect(s.decisions.length).toBeGreaterThan(0);
+    const cli = await runCli(['status', '--json']);
+    expect(cli.err).toBe('');
+    const report = JSON.parse(cli.out);
+    expect(report).toMatchObject({ mode: 'local', phase: 'normal', lease: { holder: 'local', epoch: 1 }, stream: { halted: false } });
+    expect(report.stream.lastAppliedLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(report.lag.bytes).toBeGreaterThanOrEqual(0);
+    const human = await runCli(['status']);
+    expect(human.out).toMatch(/^mode local, stream main: normal\nlease: local at epoch 1/);
   }, 120_000);
 
   it('graceful takeover when the app dies and the agent lives: RPO 0, traffic to the cloud, local refuses writes', async () => {
@@ -149,4 +180,74 @@ describe('local system', () => {
         `app down → router on cloud ${((switchedAt - appDownAt) / 1000).toFixed(1)} s`,
     );
   }, 240_000);
+
+  it('full failback: stranded tail saved, reverse sync, checksums equal, traffic local, forward replication again', async () => {
+    // Writes made in the cloud while it served must come home.
+    for (const t of ['cloud write 1', 'cloud write 2']) expect((await addTodo(t)).status).toBe(201);
+    await sys.localApp.start();
+    const started = Date.now();
+    const { code, out, err } = await runCli(['failback', '--timeout', '240']);
+    expect(err).toBe('');
+    expect(code).toBe(0);
+    expect(out).toMatch(/saved the stranded tail/);
+    expect(out).toMatch(/handed the lease to local at epoch 3/);
+    const s = await status();
+    expect(s.phase).toBe('normal');
+    expect(s.lease).toMatchObject({ holder: 'local', epoch: 3 });
+    await waitFor('the router to send traffic home', async () => (await fetch(`${sys.info.routerUrl}/todos`)).headers.get('x-lifeboat-app') === 'local', 30_000);
+    expect(await verify()).toMatchObject({ equal: true });
+    // Local takes writes again once the agent holds the lease, and they replicate.
+    await waitFor('local to accept writes', async () => (await addTodo('home again')).status === 201, 120_000);
+    await waitFor('the new write to reach the cloud', async () => (await query(sys.info.cloudDatabaseUrl, "SELECT 1 FROM public.todos WHERE title = 'home again'")).length === 1, 120_000);
+    console.log(`failback: ${((Date.now() - started) / 1000).toFixed(1)} s from \`lifeboat failback\` to local serving and replicating again`);
+  }, 400_000);
+
+  it('hard failover under load: every local row that did not reach the cloud is in the stranded-tail report', async () => {
+    const committed: string[] = [];
+    let writing = true;
+    const writer = (async () => {
+      const c = new pg.Client({ connectionString: appUrl(sys.info.localDatabaseUrl) });
+      await c.connect();
+      try {
+        for (let n = 0; writing; n++) {
+          const title = `hard ${n}`;
+          await c.query('INSERT INTO public.todos (title) VALUES ($1)', [title]);
+          committed.push(title);
+        }
+      } finally {
+        await c.end().catch(() => undefined);
+      }
+    })();
+    await waitFor('load to run', async () => committed.length > 200, 60_000);
+    // The host "dies": the agent first (no fence, no marker), the app and the writer a moment later.
+    sys.agent.signal('SIGKILL');
+    await sys.agent.stop();
+    await new Promise((r) => setTimeout(r, 300));
+    writing = false;
+    await writer;
+    const downAt = Date.now();
+    await sys.localApp.stop();
+    await waitFor('the cloud to serve after the lease expired', async () => (await status()).phase === 'failed-over', 180_000);
+    await waitFor('the router to send traffic to the cloud', async () => (await fetch(`${sys.info.routerUrl}/todos`)).headers.get('x-lifeboat-app') === 'cloud', 60_000);
+    const rto = (Date.now() - downAt) / 1000;
+    const s = await status();
+    expect(s.lease).toMatchObject({ holder: 'cloud', epoch: 4 });
+    expect(s.decisions.find((d: { action: string }) => d.action === 'promote-cloud')?.reason).toMatch(/the lease expired at/);
+    const cloudTitles = new Set((await query<{ title: string }>(sys.info.cloudDatabaseUrl, 'SELECT title FROM public.todos')).map((r) => r.title));
+    const stranded = committed.filter((t) => !cloudTitles.has(t));
+
+    // Failback saves them in the report (never applies them).
+    await sys.agent.start();
+    await sys.localApp.start();
+    const { code, err } = await runCli(['failback', '--timeout', '240']);
+    expect(err).toBe('');
+    expect(code).toBe(0);
+    const reports = readdirSync(join(dir, 'objects', 'reports', 'main')).filter((f) => f.includes('epoch-4') && f.endsWith('.sql'));
+    expect(reports).toHaveLength(1);
+    const sql = readFileSync(join(dir, 'objects', 'reports', 'main', reports[0]!), 'utf8');
+    const notReported = stranded.filter((t) => !sql.includes(`'${t}'`));
+    expect(notReported).toEqual([]);
+    expect(await verify()).toMatchObject({ equal: true });
+    console.log(`hard failover: ${committed.length} rows committed under load, ${stranded.length} stranded (RPO), all ${stranded.length} in the report; app down → traffic on the cloud ${rto.toFixed(1)} s`);
+  }, 500_000);
 });
