@@ -32,11 +32,22 @@
 //   lifeboat-heartbeat at LSN L (content: JSON {sourceTime, sequences}, checked
 //   with zod) first cuts the open batch, then becomes a 'heartbeat' batch with
 //   lsnFirst = lsnLast = walLsn = L. Malformed content, a transactional
-//   lifeboat-* message, or any other lifeboat* prefix is a PermanentError;
+//   heartbeat, or a lifeboat* prefix other than lifeboat-heartbeat and
+//   lifeboat-marker is a PermanentError;
 //   messages of other tools (prefix not starting with "lifeboat") are counted
 //   and ignored; a transaction left without changes by that is dropped and
 //   counted (the contract forbids empty transactions). Type and Origin
 //   messages are counted and ignored.
+// - Markers: a TRANSACTIONAL logical message with prefix lifeboat-marker
+//   (content: JSON {markerId, reason: takeover|drain|failback, requestedBy?},
+//   checked with zod), alone in its transaction, becomes a 'marker' batch
+//   standing for that transaction's end LSN (lsnFirst = lsnLast = endLsn):
+//   a commit position, so the slot can be confirmed there and a restart
+//   neither loses nor repeats it. It first cuts the open batch, so every
+//   transaction that committed before the marker is in a batch before it.
+//   The agent writes it during a graceful takeover (agent/agent.ts). A
+//   non-transactional marker, one in a transaction that also changed rows,
+//   two in one transaction, or malformed content is a PermanentError.
 // - Replica identity: updates/deletes must match what the Relation message
 //   announced (FULL: whole old row; default/index: key columns, key tuple only
 //   when the key changed); one on a table with identity NOTHING (or without
@@ -63,12 +74,15 @@
 import { z } from 'zod';
 import {
   CHANGE_BATCH_VERSION,
+  MARKER_REASONS,
   STREAM_ID_PATTERN,
   heartbeatSchema,
+  markerSchema,
   qualifiedName,
   type Change,
   type ChangeBatch,
   type Heartbeat,
+  type Marker,
   type RelationDescriptor,
   type Transaction,
   type Tuple,
@@ -90,6 +104,8 @@ import type { StreamedMessage } from './replication-stream.ts';
 
 /** Logical-message prefix of the agent's heartbeats (pg_logical_emit_message(false, …)). */
 export const HEARTBEAT_PREFIX = 'lifeboat-heartbeat';
+/** Logical-message prefix of markers (pg_logical_emit_message(true, …), alone in a transaction). */
+export const MARKER_PREFIX = 'lifeboat-marker';
 /** Every prefix starting with this belongs to Lifeboat; others belong to other tools and are ignored. */
 export const LIFEBOAT_PREFIX = 'lifeboat';
 
@@ -143,6 +159,7 @@ export interface ChangeBatcherStats {
   /** Batches returned, of every kind. */
   readonly batches: number;
   readonly heartbeatBatches: number;
+  readonly markerBatches: number;
   /** Transactions in returned batches. */
   readonly transactions: number;
   /** Inserts, updates and deletes in returned batches (truncates count 0, as batchRowCount). */
@@ -179,6 +196,19 @@ const heartbeatContentSchema = z.strictObject({
   sequences: heartbeatSchema.shape.sequences,
 });
 
+/** Marker reasons a logical message may carry: 'snapshot-complete' comes only from the snapshot copier, with its table list. */
+export const MESSAGE_MARKER_REASONS = ['takeover', 'drain', 'failback'] as const satisfies readonly (typeof MARKER_REASONS)[number][];
+
+/** The JSON of a lifeboat-marker message. */
+export const markerContentSchema = z.strictObject({
+  markerId: markerSchema.shape.markerId,
+  reason: z.enum(MESSAGE_MARKER_REASONS, {
+    error: (issue) => (issue.input === undefined ? undefined : `must be takeover, drain or failback, got ${JSON.stringify(issue.input)}`),
+  }),
+  requestedBy: markerSchema.shape.requestedBy,
+});
+export type MarkerContent = z.output<typeof markerContentSchema>;
+
 /** The largest time a Date can hold (±100,000,000 days). */
 const MAX_DATE_MS = 8.64e15;
 
@@ -194,6 +224,7 @@ const TRUNCATE_BYTES = 72;
 const RELATION_OVERHEAD_BYTES = 90;
 const COLUMN_OVERHEAD_BYTES = 64;
 const HEARTBEAT_OVERHEAD_BYTES = 120;
+const MARKER_OVERHEAD_BYTES = 100;
 const SEQUENCE_OVERHEAD_BYTES = 60;
 
 /** A relation as last described by pgoutput, plus where it sits in the pending transaction and the open batch. */
@@ -216,6 +247,8 @@ interface PendingTx {
   readonly commitLsn: Lsn;
   /** Ends at or before startLsn: a re-send, whose changes are not kept. */
   readonly resent: boolean;
+  /** A lifeboat-marker message inside it (then it must hold no changes). */
+  marker: MarkerContent | undefined;
   /** Changes with `rel`/`rels` indexing `relations` (remapped when the transaction joins a batch). */
   readonly changes: Change[];
   readonly relations: KnownRelation[];
@@ -259,6 +292,7 @@ export class ChangeBatcher {
   private readonly counters = {
     batches: 0,
     heartbeatBatches: 0,
+    markerBatches: 0,
     transactions: 0,
     rows: 0,
     bytes: 0,
@@ -407,6 +441,7 @@ export class ChangeBatcher {
       xid: message.xid,
       commitLsn: message.finalLsn,
       resent: message.finalLsn < this.startLsn,
+      marker: undefined,
       changes: [],
       relations: [],
       rows: 0,
@@ -445,6 +480,7 @@ export class ChangeBatcher {
         },
       );
     }
+    if (tx.marker !== undefined) return this.onMarkerCommit(tx, tx.marker, message, details);
     if (tx.changes.length === 0) {
       this.pending = undefined;
       this.position = message.endLsn;
@@ -586,9 +622,13 @@ export class ChangeBatcher {
       return [];
     }
     const details = { prefix: message.prefix, lsn: formatLsn(message.lsn), transactional: message.transactional };
+    if (message.prefix === MARKER_PREFIX) {
+      this.onMarkerMessage(message, details);
+      return [];
+    }
     if (message.prefix !== HEARTBEAT_PREFIX) {
       throw new PermanentError(`unknown Lifeboat logical message prefix ${JSON.stringify(message.prefix)} at ${formatLsn(message.lsn)}`, {
-        remedy: `Only ${HEARTBEAT_PREFIX} is understood; an agent of a newer release may have written it. Run one release on both sides.`,
+        remedy: `Only ${HEARTBEAT_PREFIX} and ${MARKER_PREFIX} are understood; an agent of a newer release may have written it. Run one release on both sides.`,
         details,
       });
     }
@@ -618,6 +658,49 @@ export class ChangeBatcher {
     if (this.open.transactions.length > 0) out.push(this.cut(epoch, createdAt));
     this.position = message.lsn;
     out.push(this.heartbeatBatch(message.lsn, content, epoch, createdAt));
+    return out;
+  }
+
+  /** A lifeboat-marker inside its transaction: checked and kept until the Commit. */
+  private onMarkerMessage(message: LogicalMessage, details: Record<string, unknown>): void {
+    if (!message.transactional) {
+      throw new PermanentError(`a non-transactional ${MARKER_PREFIX} message at ${formatLsn(message.lsn)}: markers must be transactional`, {
+        remedy: `Emit markers with pg_logical_emit_message(true, '${MARKER_PREFIX}', …) in a transaction of their own: the marker then stands for that transaction's commit.`,
+        details,
+      });
+    }
+    const tx = this.pending;
+    if (tx === undefined) {
+      throw new PermanentError(`a transactional ${MARKER_PREFIX} message at ${formatLsn(message.lsn)} arrived outside a transaction`, { details });
+    }
+    const content = parseMarkerContent(message);
+    if (tx.marker !== undefined) {
+      throw new PermanentError(`transaction ${tx.xid} holds two ${MARKER_PREFIX} messages (${tx.marker.markerId} and ${content.markerId})`, {
+        remedy: 'Write one marker per transaction.',
+        details: { ...details, xid: tx.xid },
+      });
+    }
+    tx.marker = content;
+  }
+
+  /** The Commit of a marker's transaction: cut the open batch, then the marker batch at endLsn. */
+  private onMarkerCommit(tx: PendingTx, marker: MarkerContent, commit: CommitMessage, details: Record<string, unknown>): ChangeBatch[] {
+    if (tx.changes.length > 0) {
+      throw new PermanentError(
+        `transaction ${tx.xid} holds ${MARKER_PREFIX} ${marker.markerId} and ${tx.changes.length} change${tx.changes.length === 1 ? '' : 's'}: a marker must be alone in its transaction`,
+        {
+          remedy: `Only the Lifeboat agent writes ${MARKER_PREFIX} messages, each in a transaction of its own. A marker and changes share one end LSN, so they cannot be two batches of the chain; check which program wrote this one.`,
+          details: { ...details, markerId: marker.markerId },
+        },
+      );
+    }
+    const epoch = this.readEpoch();
+    const createdAt = new Date(this.now()).toISOString();
+    this.pending = undefined;
+    this.position = commit.endLsn;
+    const out: ChangeBatch[] = [];
+    if (this.open.transactions.length > 0) out.push(this.cut(epoch, createdAt));
+    out.push(this.markerBatch(commit.endLsn, marker, epoch, createdAt));
     return out;
   }
 
@@ -780,6 +863,33 @@ export class ChangeBatcher {
     return batch;
   }
 
+  private markerBatch(lsn: Lsn, content: MarkerContent, epoch: number, createdAt: string): ChangeBatch {
+    const marker: Marker = {
+      markerId: content.markerId,
+      reason: content.reason,
+      ...(content.requestedBy !== undefined && { requestedBy: content.requestedBy }),
+    };
+    const batch: ChangeBatch = {
+      v: CHANGE_BATCH_VERSION,
+      kind: 'marker',
+      stream: this.stream,
+      epoch,
+      seq: this.seq++,
+      lsnPrev: this.chainLsn,
+      lsnFirst: lsn,
+      lsnLast: lsn,
+      createdAt,
+      relations: [],
+      transactions: [],
+      marker,
+    };
+    this.chainLsn = lsn;
+    this.counters.batches++;
+    this.counters.markerBatches++;
+    this.counters.bytes += BATCH_OVERHEAD_BYTES + MARKER_OVERHEAD_BYTES + content.markerId.length + (content.requestedBy?.length ?? 0);
+    return batch;
+  }
+
   private newOpenBatch(): OpenBatch {
     return { token: this.nextToken++, relations: [], transactions: [], rows: 0, bytes: BATCH_OVERHEAD_BYTES, firstCommitAtMs: 0 };
   }
@@ -803,6 +913,28 @@ function sameRelationMessage(a: RelationMessage, b: RelationMessage): boolean {
     if (x.name !== y.name || x.typeOid !== y.typeOid || x.typmod !== y.typmod || x.isKey !== y.isKey) return false;
   }
   return true;
+}
+
+/** The marker JSON written by our own agent; anything else is a PermanentError. */
+function parseMarkerContent(message: LogicalMessage): MarkerContent {
+  const fail = (problem: string, cause?: unknown): PermanentError =>
+    new PermanentError(`malformed ${MARKER_PREFIX} message at ${formatLsn(message.lsn)}: ${problem}`, {
+      remedy: 'Markers come only from the Lifeboat agent; check that no other program writes this prefix, and that agent and batcher are one release.',
+      details: { lsn: formatLsn(message.lsn), bytes: message.content.length },
+      cause,
+    });
+  let json: unknown;
+  try {
+    json = JSON.parse(strictUtf8.decode(message.content));
+  } catch (err) {
+    throw fail(`content is not UTF-8 JSON (${(err as Error).message})`, err);
+  }
+  const parsed = markerContentSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw fail(`${issue?.path.join('.') || '(top level)'}: ${issue?.message ?? 'unknown problem'}`);
+  }
+  return parsed.data;
 }
 
 /** The heartbeat JSON written by our own agent; anything else is a PermanentError. */

@@ -1,16 +1,21 @@
 // Runs the real agent in process against the shared stack and collects what
-// it publishes, decoded, in order of first delivery.
+// it publishes, decoded, in order of first delivery. By default with a fixed
+// epoch (4); with `lease`, the agent keeps a writer lease through the given
+// LeaseClient (leaseStore() is one in the Firestore emulator).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PubSub, type Message } from '@google-cloud/pubsub';
-import { LifeboatAgent } from '../../agent/agent.ts';
+import type { Firestore } from '@google-cloud/firestore';
+import { LifeboatAgent, type AgentLeaseOptions, type AgentRunOutcome } from '../../agent/agent.ts';
+import { connectFirestore, FirestoreLeaseStore } from '../../adapters/firestore-lease-store.ts';
 import { createFsObjectStore } from '../../adapters/object-store-fs.ts';
 import { createPubsubPublisher, ensureTopic } from '../../adapters/pubsub-publisher.ts';
 import { decodeMessage } from '../../core/batch-codec.ts';
 import type { Change, ChangeBatch } from '../../core/change-batch.ts';
 import { parseConfig, type LifeboatConfig } from '../../core/config.ts';
-import { createLogger } from '../../core/log.ts';
+import { createLogger, type Logger } from '../../core/log.ts';
+import type { MessagePublisher } from '../../core/ports.ts';
 import { getStack, uniqueProjectId } from '../stack/stack-env.ts';
 
 export interface AgentHarness {
@@ -18,10 +23,27 @@ export interface AgentHarness {
   readonly project: string;
   readonly received: ChangeBatch[];
   config(): LifeboatConfig;
-  startAgent(): { agent: LifeboatAgent; stop(): Promise<void> };
+  startAgent(opts?: StartAgentOptions): RunningAgent;
+  /** The lease document of this harness's project in the Firestore emulator. */
+  leaseStore(): FirestoreLeaseStore;
   /** Every change of kind `op` in the changes batches received so far. */
   changes(op?: Change['op']): Change[];
   close(): Promise<void>;
+}
+
+export interface StartAgentOptions {
+  /** Keep a writer lease instead of the fixed epoch 4. */
+  readonly lease?: AgentLeaseOptions;
+  readonly logger?: Logger;
+  /** Wraps the Pub/Sub publisher, e.g. to delay acknowledgements. */
+  readonly wrapPublisher?: (publisher: MessagePublisher) => MessagePublisher;
+}
+
+export interface RunningAgent {
+  readonly agent: LifeboatAgent;
+  /** Settles when the run ends by itself (fenced, handed over) or after stop(). */
+  readonly done: Promise<AgentRunOutcome>;
+  stop(): Promise<AgentRunOutcome>;
 }
 
 export async function waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 60_000): Promise<T> {
@@ -56,6 +78,7 @@ export async function startAgentHarness(databaseUrl: string, name: string, overr
   const [sub] = await pubsub.topic(config().pubsub.changesTopic).createSubscription('inspect', { enableMessageOrdering: true });
   const received: ChangeBatch[] = [];
   const store = createFsObjectStore(objects);
+  let firestore: Firestore | undefined;
   // Decode in delivery order, so `received` is the order of first delivery.
   let decoded = Promise.resolve();
   sub.on('message', (m: Message) => {
@@ -69,28 +92,34 @@ export async function startAgentHarness(databaseUrl: string, name: string, overr
     project,
     received,
     config,
-    startAgent() {
+    startAgent(opts = {}) {
       const cfg = config();
       const publisher = createPubsubPublisher({ projectId: project, topic: cfg.pubsub.changesTopic, emulatorHost: stack.pubsubEmulatorHost });
       const agent = new LifeboatAgent({
         config: cfg,
         baseDir: dir,
-        publisher,
+        publisher: opts.wrapPublisher ? opts.wrapPublisher(publisher) : publisher,
         objectStore: store,
-        epoch: () => 4,
+        ...(opts.lease ? { lease: opts.lease } : { epoch: () => 4 }),
         stateDir: dir,
-        logger: createLogger({ component: `agent-${name}`, level: 'warning' }),
+        logger: opts.logger ?? createLogger({ component: `agent-${name}`, level: 'warning' }),
       });
       const ac = new AbortController();
-      const done = agent.run(ac.signal);
+      const done = agent.run(ac.signal).finally(() => publisher.close());
+      // A test that never awaits `done` must not see an unhandled rejection; stop() still rethrows.
+      done.catch(() => undefined);
       return {
         agent,
+        done,
         async stop() {
           ac.abort();
-          await done;
-          await publisher.close();
+          return done;
         },
       };
+    },
+    leaseStore() {
+      firestore ??= connectFirestore({ projectId: project, emulatorHost: stack.firestoreEmulatorHost });
+      return new FirestoreLeaseStore({ firestore, document: config().lease.document });
     },
     changes(op) {
       const all = received.filter((b) => b.kind === 'changes').flatMap((b) => b.transactions.flatMap((t) => t.changes));
@@ -99,6 +128,7 @@ export async function startAgentHarness(databaseUrl: string, name: string, overr
     async close() {
       await sub.close();
       await pubsub.close();
+      if (firestore) await Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2_000))]);
       rmSync(dir, { recursive: true, force: true });
     },
   };

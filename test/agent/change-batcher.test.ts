@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
   HEARTBEAT_PREFIX,
+  MARKER_PREFIX,
   ChangeBatcher,
   UnknownTypeError,
   type ChangeBatcherOptions,
@@ -407,7 +408,7 @@ describe('ChangeBatcher: chain and heartbeats', () => {
     expect(h.pushAll(onlyForeign.items)).toEqual([]);
     expect(h.batcher.stats()).toMatchObject({ ignoredMessages: 2, droppedEmptyTransactions: 1 });
 
-    expect(() => harness().batcher.push(s.message('lifeboat-marker', '{}'))).toThrow(/unknown Lifeboat logical message prefix/);
+    expect(() => harness().batcher.push(s.message('lifeboat-other', '{}'))).toThrow(/unknown Lifeboat logical message prefix/);
     expect(() => harness().batcher.push(s.message('lifeboat', '{}'))).toThrow(PermanentError);
     const inTx = s.tx([s.message(HEARTBEAT_PREFIX, '{}', true).message]);
     expect(() => harness().pushAll(inTx.items)).toThrow(/must be non-transactional/);
@@ -442,6 +443,92 @@ describe('ChangeBatcher: chain and heartbeats', () => {
     const h = harness({ startLsn: 0x2000_0000n });
     h.pushAll(t2.items);
     expect(() => h.pushAll(t1.items)).toThrow(/starts before position/);
+  });
+});
+
+describe('ChangeBatcher: markers', () => {
+  const markerJson = (over: Record<string, unknown> = {}) => JSON.stringify({ markerId: 'm-1', reason: 'takeover', requestedBy: 'cloud', ...over });
+  const markerTx = (s: StreamScript, content = markerJson()) => s.tx([s.message(MARKER_PREFIX, content, true).message]);
+
+  it('turns a marker transaction into a marker batch at its end LSN, after cutting the open batch', () => {
+    const h = harness({ firstSeq: 3 });
+    const s = new StreamScript();
+    const t1 = s.tx([ACCOUNTS, insert(ACCOUNTS, accountRow(1))]);
+    const t2 = s.tx([insert(ACCOUNTS, accountRow(2))]);
+    const m = markerTx(s);
+    const t3 = s.tx([insert(ACCOUNTS, accountRow(3))]);
+
+    expect(h.pushAll([...t1.items, ...t2.items])).toEqual([]);
+    const atMarker = h.pushAll(m.items);
+    expect(atMarker.map((b) => b.kind)).toEqual(['changes', 'marker']);
+    const [changes, marker] = atMarker as [ChangeBatch, ChangeBatch];
+    expect(xids(changes)).toEqual([t1.xid, t2.xid]);
+    expect(marker.lsnPrev).toBe(t2.endLsn);
+    expect(marker.lsnFirst).toBe(m.endLsn);
+    expect(marker.lsnLast).toBe(m.endLsn);
+    expect(marker.marker).toEqual({ markerId: 'm-1', reason: 'takeover', requestedBy: 'cloud' });
+    expect(marker.epoch).toBe(4);
+    expect(marker.transactions).toEqual([]);
+
+    // The chain goes on after it, and the wire contract accepts it.
+    h.pushAll(t3.items);
+    const after = h.batcher.flush();
+    expect(after[0]!.lsnPrev).toBe(m.endLsn);
+    expectChain([...atMarker, ...after], 0x1000_0000n, 3);
+    expect(encodeBatch(marker, { compressAboveBytes: 1 << 20, claimCheckAboveBytes: 1 << 22 }).kind).toBe('inline');
+    expect(h.batcher.stats()).toMatchObject({ markerBatches: 1, batches: 3, transactions: 3, droppedEmptyTransactions: 0 });
+  });
+
+  it('sends an idle marker alone, without requestedBy when none was given', () => {
+    const h = harness();
+    const s = new StreamScript();
+    const out = h.pushAll(markerTx(s, JSON.stringify({ markerId: 'drain-7', reason: 'drain' })).items);
+    expect(out.map((b) => b.kind)).toEqual(['marker']);
+    expect(out[0]!.marker).toEqual({ markerId: 'drain-7', reason: 'drain' });
+    expectChain(out, 0x1000_0000n);
+  });
+
+  it('drops a marker transaction re-sent at or before the start position', () => {
+    const s = new StreamScript(0x2000_0000n);
+    const m = markerTx(s);
+    const fresh = s.tx([ACCOUNTS, insert(ACCOUNTS, accountRow(1))]);
+    const h = harness({ startLsn: m.endLsn });
+    expect(h.pushAll([...m.items, ...fresh.items])).toEqual([]);
+    expect(h.batcher.flush().map((b) => b.kind)).toEqual(['changes']);
+    expect(h.batcher.stats()).toMatchObject({ markerBatches: 0, droppedResentTransactions: 1 });
+  });
+
+  it('refuses malformed marker content as a permanent error, and the error sticks', () => {
+    const bad = [
+      'not json',
+      JSON.stringify({ reason: 'takeover' }),
+      JSON.stringify({ markerId: '', reason: 'takeover' }),
+      JSON.stringify({ markerId: 'm', reason: 'snapshot-complete' }),
+      JSON.stringify({ markerId: 'm', reason: 'reboot' }),
+      JSON.stringify({ markerId: 'm', reason: 'takeover', extra: true }),
+      JSON.stringify({ markerId: 'm', reason: 'takeover', requestedBy: 7 }),
+    ];
+    for (const content of bad) {
+      const h = harness();
+      const s = new StreamScript();
+      expect(() => h.pushAll(markerTx(s, content).items), content).toThrow(/malformed lifeboat-marker message/);
+      expect(() => h.pushAll(s.tx([ACCOUNTS, insert(ACCOUNTS, accountRow(1))]).items)).toThrow(PermanentError);
+    }
+  });
+
+  it('refuses a non-transactional marker, a marker beside changes, and two markers in one transaction', () => {
+    const s = new StreamScript();
+    expect(() => harness().batcher.push(s.message(MARKER_PREFIX, markerJson()))).toThrow(/markers must be transactional/);
+
+    const mixed = s.tx([ACCOUNTS, insert(ACCOUNTS, accountRow(1)), s.message(MARKER_PREFIX, markerJson(), true).message]);
+    expect(() => harness().pushAll(mixed.items)).toThrow(/must be alone in its transaction/);
+
+    const twice = s.tx([s.message(MARKER_PREFIX, markerJson(), true).message, s.message(MARKER_PREFIX, markerJson({ markerId: 'm-2' }), true).message]);
+    expect(() => harness().pushAll(twice.items)).toThrow(/holds two lifeboat-marker messages/);
+
+    // Other lifeboat prefixes stay errors, transactional or not.
+    const other = s.tx([s.message('lifeboat-checkpoint', '{}', true).message]);
+    expect(() => harness().pushAll(other.items)).toThrow(/unknown Lifeboat logical message prefix "lifeboat-checkpoint"/);
   });
 });
 
