@@ -142,8 +142,11 @@ export function createFailbackSide(o: FailbackSideOptions): FailbackSide {
         problems.push(`the local database does not answer (${describeError(err)})`);
       }
       if (o.appHealth) {
+        // The app must be up, but while local is fenced it cannot use its database (CONNECT is revoked),
+        // so any HTTP answer counts: only no answer at all means the home side is not back.
         const p = await o.appHealth();
-        if (p.outcome !== 'ok') problems.push(`the local app ${p.outcome === 'timeout' ? 'timed out' : `failed (${p.detail ?? 'no detail'})`}`);
+        const answered = p.outcome === 'ok' || (p.outcome === 'failed' && p.detail?.startsWith('HTTP ') === true);
+        if (!answered) problems.push(`the local app does not answer (${p.outcome === 'timeout' ? 'timed out' : (p.detail ?? 'no detail')})`);
       }
       const rs = reverse?.status();
       const sync = rs ? rs.detail : 'reverse sync is not running in this process';

@@ -217,7 +217,7 @@ const sourceSection = section(
     ),
     appRole: field(
       pgIdent('role').optional(),
-      "The app's login role on the local database. When set, failover fences the home side by revoking its writes (NOLOGIN and terminating its sessions).",
+      "The app's login role on the local database. When set, the agent's self-fence also revokes this role's CONNECT on the database (and PUBLIC's, when that is where it comes from), on top of making new sessions read-only and terminating every app session.",
     ),
     maxSlotWalKeepSize: field(
       pgSize().default('4GB'),

@@ -835,6 +835,14 @@ class Cycle {
     }
     switch (st.step) {
       case 'switch-traffic-to-local':
+        // The handover wrote renewedAt = acquiredAt; the agent's first renewal changes it, and the agent lifts
+        // the local fence right after it. Until then local refuses writes, so traffic waits.
+        if (lease.epoch === localEpoch && lease.renewedAt === lease.acquiredAt) {
+          return this.none(
+            `waiting for the agent to take the lease at epoch ${lease.epoch} and lift the local fence before traffic goes home (handed over ${secs(Math.max(0, this.now - lease.acquiredAt))} ago; is the agent running?)`,
+            st,
+          );
+        }
         return this.decision({ kind: 'switch-traffic-to-local', epoch: lease.epoch }, `pointed traffic back at local (epoch ${lease.epoch})`, at('scale-cloud-run'));
       case 'scale-cloud-run':
         return this.decision({ kind: 'scale-cloud-run', minInstances: 0 }, 'set Cloud Run min instances to 0: the cloud copy scales to zero again', at('record-event'));

@@ -23,6 +23,8 @@ const withHook: ControllerSettings = { ...settings, failover: { ...settings.fail
 
 /** A lease local renewed at `renewedAt`. */
 const local = (epoch: number, renewedAt = T0): Lease => ({ ...createLease('local', renewedAt, settings, 'test'), epoch });
+/** A local lease the agent renewed (at `at`) after a handover at `at` − 1 s. */
+const renewedLocal = (epoch: number, at = T0): Lease => ({ ...local(epoch, at - 1000), renewedAt: at, leaseExpiresAt: at + s(30) });
 const cloud = (epoch: number, at = T0): Lease => ({ ...createLease('cloud', at, settings, 'test'), epoch });
 
 const seen = (lease: Lease | undefined): Observations['lease'] => ({ reachable: true, snapshot: lease ? { lease, version: 'v1' } : null });
@@ -396,9 +398,11 @@ describe('failed over and failback', () => {
         "prepared forward streaming at epoch 8 (a new replication slot on local, the target's watermark moved to its start) once reverse sync had drained (lag 0 B)"],
       [obs({ lease: cloudLease }), 'hand-lease-to-local',
         'handed the lease to local at epoch 8: the cloud is fenced, reverse sync has drained and forward streaming is prepared'],
-      [obs({ lease: seen(local(8, T0 + s(8))) }), 'switch-traffic-to-local', 'pointed traffic back at local (epoch 8)'],
-      [obs({ lease: seen(local(8, T0 + s(9))) }), 'scale-cloud-run', 'set Cloud Run min instances to 0: the cloud copy scales to zero again'],
-      [obs({ lease: seen(local(8, T0 + s(11))) }), 'record-event', 'recorded the failback to local at epoch 8 in the audit trail and on the events topic; local serves'],
+      [obs({ lease: seen(local(8, T0 + s(8))) }), 'none',
+        'waiting for the agent to take the lease at epoch 8 and lift the local fence before traffic goes home (handed over 100 s ago; is the agent running?)'],
+      [obs({ lease: seen(renewedLocal(8, T0 + s(8))) }), 'switch-traffic-to-local', 'pointed traffic back at local (epoch 8)'],
+      [obs({ lease: seen(renewedLocal(8, T0 + s(9))) }), 'scale-cloud-run', 'set Cloud Run min instances to 0: the cloud copy scales to zero again'],
+      [obs({ lease: seen(renewedLocal(8, T0 + s(11))) }), 'record-event', 'recorded the failback to local at epoch 8 in the audit trail and on the events topic; local serves'],
     ];
     let now = T0 + s(100);
     for (const [o, kind, reason] of script) {
@@ -483,7 +487,7 @@ describe('lost answers', () => {
 
   it('a handover whose answer was lost is picked up from the lease', () => {
     const st: ControllerState = { phase: 'failing-back', knownEpoch: 7, epoch: 7, step: 'hand-lease', startedAt: T0 };
-    const d = run(st, obs({ lease: seen(local(8)) }), T0 + s(1));
+    const d = run(st, obs({ lease: seen(renewedLocal(8)) }), T0 + s(1));
     expect(d.action).toEqual({ kind: 'switch-traffic-to-local', epoch: 8 });
     expect(d.reason).toBe('the lease already shows local at epoch 8, as this failback was handing it over; continuing: pointed traffic back at local (epoch 8)');
   });

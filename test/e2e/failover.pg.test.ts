@@ -39,7 +39,10 @@ async function query<T extends pg.QueryResultRow>(url: string, sql: string, para
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; system log:\n${lines.slice(-30).join('\n')}`);
+    if (Date.now() > deadline) {
+      const agentLog = readFileSync(join(dir, 'logs', 'agent.log'), 'utf8').split('\n').slice(-25).join('\n');
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; system log:\n${lines.slice(-30).join('\n')}\nagent log:\n${agentLog}`);
+    }
     await new Promise((r) => setTimeout(r, 250));
   }
 }
@@ -115,6 +118,7 @@ describe('local system', () => {
     const cli = await runCli(['status', '--json']);
     expect(cli.err).toBe('');
     const report = JSON.parse(cli.out);
+    if (report.phase !== 'normal' || report.stream?.halted !== false) console.log(JSON.stringify(report, null, 2));
     expect(report).toMatchObject({ mode: 'local', phase: 'normal', lease: { holder: 'local', epoch: 1 }, stream: { halted: false } });
     expect(report.stream.lastAppliedLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(report.lag.bytes).toBeGreaterThanOrEqual(0);
@@ -130,6 +134,7 @@ describe('local system', () => {
       let n = 0;
       while (writing) {
         const c = new pg.Client({ connectionString: appUrl(sys.info.localDatabaseUrl) });
+        c.on('error', () => {}); // the fence terminates this session
         try {
           await c.connect();
           while (writing) {
@@ -161,7 +166,8 @@ describe('local system', () => {
     expect(res.status).toBe(201);
     expect(res.headers.get('x-lifeboat-app')).toBe('cloud');
     // The local database refuses them, for a new session of any role.
-    await expect(query(appUrl(sys.info.localDatabaseUrl), "INSERT INTO public.todos (title) VALUES ('late local write')")).rejects.toThrow(/read-only/);
+    // (the app role also lost CONNECT: source.appRole is set)
+    await expect(query(appUrl(sys.info.localDatabaseUrl), "INSERT INTO public.todos (title) VALUES ('late local write')")).rejects.toThrow(/read-only|permission denied for database/);
     await expect(query(sys.info.localDatabaseUrl, "INSERT INTO public.todos (title) VALUES ('late local write')")).rejects.toThrow(/read-only/);
     // RPO 0: every row the local side committed is in the cloud.
     const cloudTitles = new Set((await query<{ title: string }>(sys.info.cloudDatabaseUrl, 'SELECT title FROM public.todos')).map((r) => r.title));
@@ -207,6 +213,7 @@ describe('local system', () => {
     let writing = true;
     const writer = (async () => {
       const c = new pg.Client({ connectionString: appUrl(sys.info.localDatabaseUrl) });
+      c.on('error', () => {});
       await c.connect();
       try {
         for (let n = 0; writing; n++) {
