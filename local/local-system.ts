@@ -78,6 +78,8 @@ export interface LocalSystemOptions {
    * clusters (a superuser) and the emulators' host:port. The replicated
    * database `database` (default 'app') is created on each if missing.
    */
+  /** Extra environment for the agent process only (tests route its Firestore through a proxy). */
+  readonly agentEnv?: Readonly<Record<string, string>>;
   readonly existing?: {
     readonly localAdminUrl: string;
     readonly cloudAdminUrl: string;
@@ -132,8 +134,10 @@ async function prepareDatabase(adminUrl: string, side: 'local' | 'cloud', databa
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
+    // The app's schema exists on both sides, as a user's migrations would make it: a table that the
+    // target creates from a replication descriptor has no defaults or sequences of its own.
+    await c.query(DEMO_TABLE_SQL);
     if (side === 'local') {
-      await c.query(DEMO_TABLE_SQL);
       await c.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "${LOCAL_APP_ROLE}"`);
       await c.query(`GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO "${LOCAL_APP_ROLE}"`);
     }
@@ -308,7 +312,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
           args: [LIFEBOAT_BIN, 'agent', '--config', configFile],
           cwd: ROOT,
           logFile: join(logs, 'agent.log'),
-          env,
+          env: { ...env, ...opts.agentEnv },
         }),
     });
     await agent.start();

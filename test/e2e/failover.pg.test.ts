@@ -12,8 +12,13 @@ import { verifyTables } from '../../agent/table-verify.ts';
 import { main } from '../../cli/main.ts';
 import { startLocalSystem, type LocalSystem } from '../../local/local-system.ts';
 import { getStack, uniqueProjectId } from '../stack/stack-env.ts';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts';
+import { controlDocumentFor, FirestoreControlStore } from '../../adapters/firestore-control-store.ts';
+import { connectFirestore } from '../../adapters/firestore-lease-store.ts';
+import type { ControlLogEntry } from '../../core/control-record.ts';
 
 let sys: LocalSystem;
+let firestoreProxy: TcpProxy;
 let dir: string;
 const lines: string[] = [];
 
@@ -78,6 +83,17 @@ async function verify() {
   }
 }
 
+/** Every decision in the audit trail (newest first), straight from Firestore. */
+async function auditTrail(): Promise<Extract<ControlLogEntry, { kind: 'decision' }>[]> {
+  const firestore = connectFirestore({ projectId: sys.config.project, emulatorHost: getStack().firestoreEmulatorHost });
+  try {
+    const store = new FirestoreControlStore({ firestore, document: controlDocumentFor(sys.config.lease.document, sys.config.stream) });
+    return (await store.recent('decision', 2000)).filter((d): d is Extract<ControlLogEntry, { kind: 'decision' }> => d.kind === 'decision');
+  } finally {
+    await Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2000))]);
+  }
+}
+
 async function status(): Promise<Record<string, any>> {
   return (await (await fetch(sys.info.statusUrl)).json()) as Record<string, any>;
 }
@@ -86,8 +102,11 @@ beforeAll(async () => {
   const stack = getStack();
   dir = mkdtempSync(join(tmpdir(), 'lifeboat-e2e-failover-'));
   const database = `failover_${process.pid}`;
+  firestoreProxy = await startTcpProxy(stack.firestoreEmulatorHost);
   sys = await startLocalSystem({
     dir,
+    // The agent reaches Firestore through a proxy the Firestore-cut test can stop.
+    agentEnv: { FIRESTORE_EMULATOR_HOST: firestoreProxy.host },
     durable: false,
     log: (l) => lines.push(l),
     existing: {
@@ -103,7 +122,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await sys?.stop();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await firestoreProxy?.close();
+  if (dir && !process.env.LIFEBOAT_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
 
 describe('local system', () => {
@@ -158,6 +178,7 @@ describe('local system', () => {
     const switchedAt = Date.now();
     writing = false;
     await writer;
+    await waitFor('the failover to be recorded', async () => (await status()).phase === 'failed-over', 60_000);
 
     const s = await status();
     expect(s.lease).toMatchObject({ holder: 'cloud', epoch: 2 });
@@ -196,7 +217,8 @@ describe('local system', () => {
     expect(err).toBe('');
     expect(code).toBe(0);
     expect(out).toMatch(/saved the stranded tail/);
-    expect(out).toMatch(/handed the lease to local at epoch 3/);
+    // The probe function's runs share the cycles with the command, so a step may appear in either: read the audit trail.
+    expect((await auditTrail()).some((d) => d.action === 'hand-lease-to-local' && d.outcome === 'ok' && /handed the lease to local at epoch 3/.test(d.reason))).toBe(true);
     const s = await status();
     expect(s.phase).toBe('normal');
     expect(s.lease).toMatchObject({ holder: 'local', epoch: 3 });
@@ -234,7 +256,17 @@ describe('local system', () => {
     await writer;
     const downAt = Date.now();
     await sys.localApp.stop();
-    await waitFor('the cloud to serve after the lease expired', async () => (await status()).phase === 'failed-over', 180_000);
+    // Two probe runs at the same moment, every time, until the cloud serves: exactly one may promote.
+    sys.setScheduler(false);
+    await waitFor('the cloud to serve after the lease expired', async () => {
+      await Promise.all([sys.probeNow(), sys.probeNow()]);
+      return (await status()).phase === 'failed-over';
+    }, 180_000);
+    sys.setScheduler(true);
+    const trail = await auditTrail();
+    const promotions = trail.filter((d) => d.action === 'promote-cloud' && d.outcome === 'ok' && d.reason.includes('at epoch 4'));
+    expect(promotions).toHaveLength(1);
+    expect(trail.some((d) => d.outcome === 'skipped')).toBe(true);
     await waitFor('the router to send traffic to the cloud', async () => (await fetch(`${sys.info.routerUrl}/todos`)).headers.get('x-lifeboat-app') === 'cloud', 60_000);
     const rto = (Date.now() - downAt) / 1000;
     const s = await status();
@@ -257,4 +289,51 @@ describe('local system', () => {
     expect(await verify()).toMatchObject({ equal: true });
     console.log(`hard failover: ${committed.length} rows committed under load, ${stranded.length} stranded (RPO), all ${stranded.length} in the report; app down → traffic on the cloud ${rto.toFixed(1)} s`);
   }, 500_000);
+
+  it('agent cut off from Firestore while local runs: local fences itself before the lease can be taken; no write on both sides', async () => {
+    expect((await status()).lease).toMatchObject({ holder: 'local', epoch: 5 });
+    const commits: number[] = [];
+    let writing = true;
+    const writer = (async () => {
+      for (let n = 0; writing; n++) {
+        const c = new pg.Client({ connectionString: appUrl(sys.info.localDatabaseUrl) });
+        c.on('error', () => {});
+        try {
+          await c.connect();
+          while (writing) {
+            await c.query('INSERT INTO public.todos (title) VALUES ($1)', [`cut ${n}`]);
+            commits.push(Date.now());
+            await new Promise((r) => setTimeout(r, 10));
+          }
+        } catch {
+          await new Promise((r) => setTimeout(r, 50));
+        } finally {
+          await c.end().catch(() => undefined);
+        }
+      }
+    })();
+    await waitFor('local writes', async () => commits.length > 20, 30_000);
+    firestoreProxy.cut();
+    const cutAt = Date.now();
+    await waitFor('local to fence itself', async () => (await query<{ ro: string }>(sys.info.localDatabaseUrl, "SELECT current_setting('default_transaction_read_only') AS ro"))[0]?.ro === 'on', 60_000);
+    const fencedAt = Date.now();
+    await waitFor('the cloud to serve', async () => (await status()).phase === 'failed-over', 180_000);
+    writing = false;
+    await writer;
+    const trail = await auditTrail();
+    const promote = trail.find((d) => d.action === 'promote-cloud' && d.outcome === 'ok' && d.reason.includes('at epoch 6'));
+    const writable = trail.find((d) => d.action === 'make-cloud-writable' && d.outcome === 'ok' && d.epoch === 6);
+    expect(promote?.reason).toMatch(/the lease expired at/);
+    const expiry = Date.parse(/the lease expired at (\S+?)[;,)]?(?:\s|$)/.exec(promote!.reason)![1]!);
+    const lastLocalCommit = Math.max(...commits);
+    // The fence came before the lease could be taken (expiry + margin), and no local write after it.
+    expect(fencedAt).toBeLessThan(expiry + sys.config.lease.clockSkewMarginSeconds * 1000);
+    expect(lastLocalCommit).toBeLessThan(promote!.at);
+    expect(lastLocalCommit).toBeLessThan(writable!.at);
+    console.log(
+      `Firestore cut: local fenced ${((fencedAt - cutAt) / 1000).toFixed(1)} s after the cut, ${((expiry - fencedAt) / 1000).toFixed(1)} s before the lease expired; ` +
+        `last local commit ${((writable!.at - lastLocalCommit) / 1000).toFixed(1)} s before the cloud became writable at epoch 6`,
+    );
+    firestoreProxy.restore();
+  }, 400_000);
 });
