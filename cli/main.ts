@@ -10,18 +10,18 @@ import { resumeCommand } from './commands/resume.ts';
 import { failoverCommand } from './commands/failover.ts';
 import { failbackCommand } from './commands/failback.ts';
 import { statusCommand } from './commands/status.ts';
+import { verifyCommand } from './commands/verify.ts';
+import { localCommand } from './commands/local.ts';
 
 export const commands: readonly CliCommand[] = [
-  notBuiltYet(['local'], 'run the whole system on this machine (what `npm start` runs)', 7,
-    'Usage: lifeboat local [--data-dir DIR] [--local-url URL] [--cloud-url URL]'),
+  localCommand,
   agentCommand,
   notBuiltYet(['init'], 'write a commented lifeboat.yaml and print the PostgreSQL settings and grants the agent needs', 7,
     'Usage: lifeboat init [--force]'),
   configCheckCommand,
   configDefaultsCommand,
   statusCommand,
-  notBuiltYet(['verify'], 'compare row counts and checksums per table on both sides', 7,
-    'Usage: lifeboat verify [--json]'),
+  verifyCommand,
   failoverCommand,
   failbackCommand,
   notBuiltYet(['drill'], 'run a disaster-recovery drill and report detection, switch, RTO and RPO', 7,

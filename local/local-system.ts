@@ -19,7 +19,12 @@ import { fileURLToPath } from 'node:url';
 import { PubSub } from '@google-cloud/pubsub';
 import pg from 'pg';
 import { stringify } from 'yaml';
-import { startTrafficRouter, writeRouterState } from '../adapters/local-traffic-router.ts';
+import { readRouterState, startTrafficRouter, writeRouterState } from '../adapters/local-traffic-router.ts';
+import { controlDocumentFor, FirestoreControlStore } from '../adapters/firestore-control-store.ts';
+import { connectFirestore, FirestoreLeaseStore } from '../adapters/firestore-lease-store.ts';
+import { initialControlRecord } from '../core/control-record.ts';
+import { createLease } from '../core/writer-lease.ts';
+import { readStreamState, setFencingEpoch } from '../functions/apply-engine.ts';
 import { createLogger } from '../core/log.ts';
 import { parseConfig, type LifeboatConfig } from '../core/config.ts';
 import { ensureTargetSchema } from '../functions/target-schema.ts';
@@ -32,7 +37,6 @@ import {
   startPostgresCluster,
   startPubsubEmulator,
   type Emulator,
-  type PostgresCluster,
 } from './local-stack.ts';
 import { Supervised } from './supervisor.ts';
 
@@ -74,17 +78,17 @@ export interface LocalSystemOptions {
   /** Keep PostgreSQL data crash-safe (fsync). Default true; tests pass false. */
   readonly durable?: boolean;
   /**
-   * Use running servers instead of starting them: admin URLs of the two
-   * clusters (a superuser) and the emulators' host:port. The replicated
-   * database `database` (default 'app') is created on each if missing.
+   * Use running servers instead of starting them (each one optional): admin
+   * URLs of the two clusters (a superuser) and the emulators' host:port. The
+   * replicated database `database` (default 'app') is created on each if missing.
    */
   /** Extra environment for the agent process only (tests route its Firestore through a proxy). */
   readonly agentEnv?: Readonly<Record<string, string>>;
   readonly existing?: {
-    readonly localAdminUrl: string;
-    readonly cloudAdminUrl: string;
-    readonly pubsubEmulatorHost: string;
-    readonly firestoreEmulatorHost: string;
+    readonly localAdminUrl?: string;
+    readonly cloudAdminUrl?: string;
+    readonly pubsubEmulatorHost?: string;
+    readonly firestoreEmulatorHost?: string;
     readonly database?: string;
   };
 }
@@ -174,30 +178,28 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     const durable = opts.durable ?? true;
     const quiet = () => {};
     const database = opts.existing?.database ?? 'app';
-    let adminUrls: { local: string; cloud: string };
-    let hosts: { pubsub: string; firestore: string };
-    if (opts.existing) {
-      adminUrls = { local: opts.existing.localAdminUrl, cloud: opts.existing.cloudAdminUrl };
-      hosts = { pubsub: opts.existing.pubsubEmulatorHost, firestore: opts.existing.firestoreEmulatorHost };
-    } else {
-      const [localPg, cloudPg]: PostgresCluster[] = await Promise.all(
-        (['local', 'cloud'] as const).map((name) =>
-          startPostgresCluster({ name, dir: join(dir, 'pg', name), logFile: join(logs, `postgres-${name}.log`), durable, log: quiet }),
-        ),
-      );
-      stops.push(() => localPg!.stop(), () => cloudPg!.stop());
-      step(`PostgreSQL local on :${localPg!.port}, cloud on :${cloudPg!.port}`);
-      const emulatorDir = join(dir, 'emulators');
-      mkdirSync(emulatorDir, { recursive: true });
-      const [pubsubEmu, firestoreEmu]: Emulator[] = await Promise.all([
-        startPubsubEmulator({ dir: emulatorDir, logFile: join(logs, 'pubsub-emulator.log'), log: quiet }),
-        startFirestoreEmulator({ dir: emulatorDir, logFile: join(logs, 'firestore-emulator.log'), log: quiet }),
-      ]);
-      stops.push(() => pubsubEmu!.stop(), () => firestoreEmu!.stop());
-      step(`emulators: Pub/Sub ${pubsubEmu!.host}, Firestore ${firestoreEmu!.host}`);
-      adminUrls = { local: localPg!.url, cloud: cloudPg!.url };
-      hosts = { pubsub: pubsubEmu!.host, firestore: firestoreEmu!.host };
-    }
+    const ex = opts.existing ?? {};
+    const startCluster = async (name: 'local' | 'cloud'): Promise<string> => {
+      const c = await startPostgresCluster({ name, dir: join(dir, 'pg', name), logFile: join(logs, `postgres-${name}.log`), durable, log: quiet });
+      stops.push(() => c.stop());
+      step(`PostgreSQL ${name} on :${c.port} (${join(dir, 'pg', name)})`);
+      return c.url;
+    };
+    const [localAdmin, cloudAdmin] = await Promise.all([ex.localAdminUrl ?? startCluster('local'), ex.cloudAdminUrl ?? startCluster('cloud')]);
+    const adminUrls = { local: localAdmin, cloud: cloudAdmin };
+    const emulatorDir = join(dir, 'emulators');
+    mkdirSync(emulatorDir, { recursive: true });
+    const startEmu = async (which: 'pubsub' | 'firestore'): Promise<string> => {
+      const e: Emulator =
+        which === 'pubsub'
+          ? await startPubsubEmulator({ dir: emulatorDir, logFile: join(logs, 'pubsub-emulator.log'), log: quiet })
+          : await startFirestoreEmulator({ dir: emulatorDir, logFile: join(logs, 'firestore-emulator.log'), log: quiet });
+      stops.push(() => e.stop());
+      step(`${which === 'pubsub' ? 'Pub/Sub' : 'Firestore'} emulator on ${e.host}`);
+      return e.host;
+    };
+    const [pubsubHost, firestoreHost] = await Promise.all([ex.pubsubEmulatorHost ?? startEmu('pubsub'), ex.firestoreEmulatorHost ?? startEmu('firestore')]);
+    const hosts = { pubsub: pubsubHost, firestore: firestoreHost };
 
     const [localUrl, cloudUrl] = await Promise.all([prepareDatabase(adminUrls.local, 'local', database), prepareDatabase(adminUrls.cloud, 'cloud', database)]);
     const [applyPort, probePort, statusPort, agentPort, localAppPort, cloudAppPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
@@ -237,19 +239,23 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       retryPolicy: { minimumBackoff: { seconds: 1 }, maximumBackoff: { seconds: 5 } },
     });
 
-    // The target: lifeboat schema, and the app role read-only until a failover.
+    // Traffic: the router follows router.json; a fresh system serves local.
+    const routerState = join(dir, 'router.json');
+    if (!existsSync(routerState)) await writeRouterState(routerState, { side: 'local', changedAt: new Date().toISOString(), reason: 'lifeboat local started' });
+    const serving = (await readRouterState(routerState).catch(() => undefined)) ?? { missing: true };
+    const side = 'state' in serving ? serving.state.side : 'local';
+
+    // The target: lifeboat schema; the app role read-only there unless the cloud serves.
     const target = new pg.Client({ connectionString: cloudUrl });
     await target.connect();
     try {
       await ensureTargetSchema(target);
-      await prepareTargetRoles(target, { stream: config.stream, appRole: LOCAL_APP_ROLE, applyRole: 'postgres', actor: 'lifeboat local' });
+      if (side === 'local') await prepareTargetRoles(target, { stream: config.stream, appRole: LOCAL_APP_ROLE, applyRole: 'postgres', actor: 'lifeboat local' });
+      await restoreLease({ config, firestoreHost: hosts.firestore, target, side, log: step });
     } finally {
       await target.end();
     }
 
-    // Traffic: the router follows router.json; a fresh system serves local.
-    const routerState = join(dir, 'router.json');
-    if (!existsSync(routerState)) await writeRouterState(routerState, { side: 'local', changedAt: new Date().toISOString(), reason: 'lifeboat local started' });
     const cloudAppUrl = `http://127.0.0.1:${cloudAppPort}`;
     const router = await startTrafficRouter({
       host: '127.0.0.1',
@@ -461,4 +467,37 @@ function followScaler(stateFile: string, start: () => Promise<DemoApp>, log: (li
       await app?.stop();
     },
   };
+}
+
+/**
+ * The Firestore emulator keeps nothing across restarts, but the databases do:
+ * a second `npm start` finds no lease while the target remembers epoch E. A
+ * lease at epoch 1 would make every new batch stale there, so the lease is
+ * restored at E + 1 for the side the router serves (and, when that is the
+ * cloud, the controller's record says failed over and the target's fencing
+ * epoch follows), as a failover to the same side would.
+ */
+async function restoreLease(o: { config: LifeboatConfig; firestoreHost: string; target: pg.Client; side: 'local' | 'cloud'; log: (line: string) => void }): Promise<void> {
+  const { config } = o;
+  const firestore = connectFirestore({ projectId: config.project, emulatorHost: o.firestoreHost });
+  try {
+    const leases = new FirestoreLeaseStore({ firestore, document: config.lease.document });
+    if ((await leases.read()) !== undefined) return;
+    const state = await readStreamState(o.target, config.stream);
+    const seen = Math.max(state?.epoch ?? 0, state?.writerEpoch ?? 0);
+    if (seen === 0) return; // a fresh system: the agent creates the lease at epoch 1
+    const now = Date.now();
+    const epoch = seen + 1;
+    const reason = `lifeboat local restored the lease at epoch ${epoch} for ${o.side} after the Firestore emulator restarted (the target had seen epoch ${seen})`;
+    const lease = { ...createLease(o.side, now, config, reason), epoch };
+    if (o.side === 'cloud') {
+      await setFencingEpoch(o.target, config.stream, epoch, 'lifeboat local');
+      const control = new FirestoreControlStore({ firestore, document: controlDocumentFor(config.lease.document, config.stream) });
+      await control.compareAndSet(null, initialControlRecord(now, { phase: 'failed-over', knownEpoch: epoch, epoch, since: now, failbackRequested: false, failbackBlocked: null }));
+    }
+    const r = await leases.compareAndSet(null, lease);
+    o.log(r.ok ? reason : `the lease appeared while restoring it; kept the one found`);
+  } finally {
+    await Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2_000))]);
+  }
 }

@@ -41,6 +41,10 @@ async function query<T extends pg.QueryResultRow>(url: string, sql: string, para
   }
 }
 
+async function dropSlotsOf(adminUrl: string, database: string): Promise<void> {
+  await query(adminUrl, 'SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active', [database]).catch(() => undefined);
+}
+
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check().catch(() => false))) {
@@ -116,12 +120,15 @@ beforeAll(async () => {
       firestoreEmulatorHost: stack.firestoreEmulatorHost,
       database,
     },
-    config: { ...fast, project: uniqueProjectId('failover') },
+    config: { ...fast, project: uniqueProjectId('failover'), source: { slot: 'lifeboat_e2e_failover' } },
   });
 }, 180_000);
 
 afterAll(async () => {
   await sys?.stop();
+  // Slots are per cluster, not per database: drop ours so later tests on the shared clusters can use the names.
+  await dropSlotsOf(getStack().localUrl, `failover_${process.pid}`);
+  await dropSlotsOf(getStack().cloudUrl, `failover_${process.pid}`);
   await firestoreProxy?.close();
   if (dir && !process.env.LIFEBOAT_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
@@ -224,6 +231,9 @@ describe('local system', () => {
     expect(s.lease).toMatchObject({ holder: 'local', epoch: 3 });
     await waitFor('the router to send traffic home', async () => (await fetch(`${sys.info.routerUrl}/todos`)).headers.get('x-lifeboat-app') === 'local', 30_000);
     expect(await verify()).toMatchObject({ equal: true });
+    const v = await runCli(['verify', '--json']);
+    expect(v.code).toBe(0);
+    expect(JSON.parse(v.out)).toMatchObject({ equal: true, tables: [{ table: 'public.todos', match: true }] });
     // Local takes writes again once the agent holds the lease, and they replicate.
     await waitFor('local to accept writes', async () => (await addTodo('home again')).status === 201, 120_000);
     await waitFor('the new write to reach the cloud', async () => (await query(sys.info.cloudDatabaseUrl, "SELECT 1 FROM public.todos WHERE title = 'home again'")).length === 1, 120_000);
