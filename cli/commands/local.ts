@@ -81,8 +81,10 @@ export const localCommand: CliCommand = {
     }
     const stop = new AbortController();
     const onSignal = () => stop.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    // on(), not once(): local-stack's own signal handler ends the process by re-raising the signal
+    // when no other listener is left, which would cut the orderly stop short.
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     try {
       io.stderr(`lifeboat local: starting in ${dir}\n`);
       const sys = await startLocalSystem({
