@@ -3,6 +3,8 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LifeboatAgent } from '../../agent/agent.ts';
+import { sleep } from '../../core/backoff.ts';
+import { runFailback } from './failback.ts';
 import { startStatusServer } from '../../agent/status-server.ts';
 import { connectFirestore, FirestoreLeaseStore } from '../../adapters/firestore-lease-store.ts';
 import { createFsObjectStore } from '../../adapters/object-store-fs.ts';
@@ -35,6 +37,11 @@ The lease guards the local database (docs/design.md):
     it, releases the lease and exits 0, leaving the database fenced.
   The agent's role must own the database (or be a superuser) and hold
   pg_signal_backend; it checks that at start.
+
+With failover.failback: auto, an agent that starts while the cloud serves
+runs the failback itself (as \`lifeboat failback\` would: stranded tail, reverse
+sync, verify, fence the cloud, hand the lease home), then starts as the
+writer. Do not run \`lifeboat failback\` by hand at the same time.
 
 Options:
   --config FILE         the config (default: $LIFEBOAT_CONFIG, else ./lifeboat.yaml)
@@ -119,12 +126,31 @@ export const agentCommand: CliCommand = {
           : createFsObjectStore(resolve(loaded.baseDir, cfg.storage.localDir));
       const firestore = connectFirestore({ projectId: cfg.project, ...(hosts.firestore ? { emulatorHost: hosts.firestore } : {}) });
       closers.push(() => Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2_000))]));
+      const leaseClient = new LeaseClient({ store: new FirestoreLeaseStore({ firestore, document: cfg.lease.document }), timing: cfg });
+      if (cfg.failover.failback === 'auto' && (await leaseClient.read())?.lease.holder === 'cloud') {
+        // failover.failback = auto: the local side is back, so bring the writer home before writing.
+        const ctx = {
+          config: cfg,
+          baseDir: loaded.baseDir,
+          env: { ...env, ...(hosts.firestore && { FIRESTORE_EMULATOR_HOST: hosts.firestore }), ...(hosts.pubsub && { PUBSUB_EMULATOR_HOST: hosts.pubsub }) },
+          who: 'the agent (failover.failback = auto)',
+        };
+        log.notice('the cloud serves and failover.failback is auto: failing back before starting as the writer');
+        for (;;) {
+          const r = await runFailback(ctx, { timeoutMs: 600_000, print: (c) => log.notice(c.sentence, { phase: c.phase, nextPhase: c.nextPhase }), note: (t) => log.notice(t), signal: stop.signal, untilHandedOver: true });
+          if (r.ended === 'done' || r.ended === 'nothing-to-do' || stop.signal.aborted) break;
+          log.warn(`automatic failback stopped (${r.ended}) while ${r.phase}; trying again in 30 s`);
+          await sleep(30_000, stop.signal).catch(() => undefined);
+          if (stop.signal.aborted) break;
+        }
+        if (stop.signal.aborted) return EXIT_OK;
+      }
       const agent = new LifeboatAgent({
         config: cfg,
         baseDir: loaded.baseDir,
         publisher,
         objectStore,
-        lease: { client: new LeaseClient({ store: new FirestoreLeaseStore({ firestore, document: cfg.lease.document }), timing: cfg }) },
+        lease: { client: leaseClient },
         logger: log,
         resnapshot: values.resnapshot ?? false,
         alterPublication: values['alter-publication'] ?? false,

@@ -8,13 +8,14 @@ import { resolveStateDir } from '../../agent/agent-state.ts';
 import { createFailbackSide } from '../../agent/failback-steps.ts';
 import { createFsObjectStore } from '../../adapters/object-store-fs.ts';
 import { createGcsObjectStore } from '../../adapters/object-store-gcs.ts';
-import { describeError } from '../../core/errors.ts';
+import { describeError, PermanentError } from '../../core/errors.ts';
+import type { Lease } from '../../core/writer-lease.ts';
 import { createLogger } from '../../core/log.ts';
 import { buildControlPlane } from '../../functions/control-plane.ts';
-import { FailoverRunner } from '../../functions/failover-runner.ts';
+import { FailoverRunner, type CycleReport } from '../../functions/failover-runner.ts';
 import { createHttpHealthProbe } from '../../functions/health-probe.ts';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliCommand } from '../command.ts';
-import { operatorContext } from '../operator-context.ts';
+import { operatorContext, type OperatorContext } from '../operator-context.ts';
 import { driveCycles, printCycle } from './failover.ts';
 
 const HELP = `Usage: lifeboat failback [--timeout SECONDS] [--config FILE] [--json]
@@ -59,63 +60,17 @@ export const failbackCommand: CliCommand = {
       io.stderr(`lifeboat failback: --timeout ${values.timeout} is not a positive number of seconds.\n`);
       return EXIT_USAGE;
     }
-    let plane: ReturnType<typeof buildControlPlane> | undefined;
-    let side: ReturnType<typeof createFailbackSide> | undefined;
     try {
       const ctx = operatorContext(values.config, env, io.cwd);
-      const { config } = ctx;
-      if (!config.source.databaseUrl || !config.target.databaseUrl) {
-        io.stderr('lifeboat failback: source.databaseUrl and target.databaseUrl must both be set: failback reads and writes both databases.\n');
+      const result = await runFailback(ctx, { timeoutMs: timeoutS * 1000, print: printCycle(io, values.json ?? false), note: (t) => io.stdout(`${t}\n`) });
+      if (result.ended === 'nothing-to-do') {
+        io.stderr(`lifeboat failback: nothing to do: the controller is ${result.phase}, not failed over. \`lifeboat status\` shows why.\n`);
         return EXIT_FAILURE;
       }
-      const logger = createLogger({ component: 'failback', fields: { stream: config.stream }, sink: () => {} });
-      plane = buildControlPlane({ config, baseDir: ctx.baseDir, env: ctx.env, logger });
-      const objectStore =
-        config.mode === 'cloud' && config.storage.bucket
-          ? createGcsObjectStore({ bucket: config.storage.bucket, projectId: config.project })
-          : createFsObjectStore(resolve(ctx.baseDir, config.storage.localDir));
-      side = createFailbackSide({
-        config,
-        localUrl: config.source.databaseUrl,
-        cloudUrl: config.target.databaseUrl,
-        stateDir: resolveStateDir({ config, baseDir: ctx.baseDir, env: ctx.env }),
-        objectStore,
-        ...(config.probe.healthUrl !== undefined && { appHealth: createHttpHealthProbe({ url: config.probe.healthUrl, timeoutMs: config.probe.timeoutMs }) }),
-        logger,
-      });
-      const runner = new FailoverRunner({
-        stream: config.stream,
-        runner: `lifeboat failback (${ctx.who})`,
-        settings: config,
-        store: plane.store,
-        lease: plane.lease,
-        target: plane.target,
-        localHealth: () => side!.localHealth(),
-        steps: { ...plane.cloudSteps, ...side.steps },
-        logger,
-      });
-      const state = (await runner.record()).state;
-      if (state.phase === 'failed-over') {
-        await runner.requestOperator('failback', ctx.who);
-      } else if ((state.phase === 'recovering' && state.step !== 'start-reverse-sync') || (state.phase === 'failing-back' && state.step === 'drain')) {
-        // A failback that an earlier command left in the middle: its reverse sync died with it.
-        io.stdout(`resuming a failback left ${state.phase} (${state.step}): starting reverse sync again\n`);
-        await side.restartReverseSync(state.epoch);
-      } else if (state.phase !== 'recovering' && state.phase !== 'failing-back') {
-        io.stderr(`lifeboat failback: nothing to do: the controller is ${state.phase}, not failed over. \`lifeboat status\` shows why.\n`);
-        return EXIT_FAILURE;
-      }
-      const result = await driveCycles(runner, {
-        done: (p) => p === 'normal',
-        timeoutMs: timeoutS * 1000,
-        recheckMs: 1000,
-        print: printCycle(io, values.json ?? false),
-      });
-      const lease = await plane.lease.read();
       if (values.json) {
-        io.stdout(`${JSON.stringify({ ended: result.ended, phase: result.phase, lease: lease?.lease ?? null, steps: result.reports.map((r) => ({ outcome: r.outcome, action: r.decision?.action.kind ?? 'none', sentence: r.sentence })) }, null, 2)}\n`);
+        io.stdout(`${JSON.stringify({ ended: result.ended, phase: result.phase, lease: result.lease, steps: result.reports.map((r) => ({ outcome: r.outcome, action: r.decision?.action.kind ?? 'none', sentence: r.sentence })) }, null, 2)}\n`);
       } else if (result.ended === 'done') {
-        io.stdout(`local serves again at epoch ${lease?.lease.epoch ?? '?'}; forward replication resumes when the agent holds the lease.\n`);
+        io.stdout(`local serves again at epoch ${result.lease?.epoch ?? '?'}; forward replication resumes when the agent holds the lease.\n`);
       } else {
         io.stderr(`lifeboat failback: stopped (${result.ended}) while ${result.phase}. Run it again to continue; \`lifeboat status\` shows why.\n`);
       }
@@ -123,9 +78,78 @@ export const failbackCommand: CliCommand = {
     } catch (err) {
       io.stderr(`lifeboat failback: ${describeError(err)}\n`);
       return EXIT_FAILURE;
-    } finally {
-      await side?.close().catch(() => undefined);
-      await plane?.close();
     }
   },
 };
+
+export interface FailbackRun {
+  readonly ended: 'done' | 'halted' | 'deferred' | 'timeout' | 'cancelled' | 'nothing-to-do';
+  readonly phase: string;
+  readonly lease: Lease | null;
+  readonly reports: readonly CycleReport[];
+}
+
+/**
+ * The failback, from wherever the controller stands: asks for it when failed
+ * over, picks up one left in the middle (starting reverse sync again), then
+ * drives the cycles until local serves (or, with untilHandedOver, until local
+ * holds the lease). Used by `lifeboat failback` and, with failover.failback =
+ * auto, by the agent when it finds the cloud serving.
+ */
+export async function runFailback(
+  ctx: OperatorContext,
+  o: { readonly timeoutMs: number; readonly print: (r: CycleReport) => void; readonly note: (line: string) => void; readonly signal?: AbortSignal; readonly requestedBy?: string; readonly untilHandedOver?: boolean },
+): Promise<FailbackRun> {
+  const { config } = ctx;
+  if (!config.source.databaseUrl || !config.target.databaseUrl) {
+    throw new PermanentError('source.databaseUrl and target.databaseUrl must both be set: failback reads and writes both databases.', {
+      remedy: 'Set both in lifeboat.yaml or LIFEBOAT_SOURCE_DATABASE_URL / LIFEBOAT_TARGET_DATABASE_URL.',
+    });
+  }
+  const logger = createLogger({ component: 'failback', fields: { stream: config.stream }, sink: () => {} });
+  const plane = buildControlPlane({ config, baseDir: ctx.baseDir, env: ctx.env, logger });
+  const objectStore =
+    config.mode === 'cloud' && config.storage.bucket
+      ? createGcsObjectStore({ bucket: config.storage.bucket, projectId: config.project })
+      : createFsObjectStore(resolve(ctx.baseDir, config.storage.localDir));
+  const side = createFailbackSide({
+    config,
+    localUrl: config.source.databaseUrl,
+    cloudUrl: config.target.databaseUrl,
+    stateDir: resolveStateDir({ config, baseDir: ctx.baseDir, env: ctx.env }),
+    objectStore,
+    ...(config.probe.healthUrl !== undefined && { appHealth: createHttpHealthProbe({ url: config.probe.healthUrl, timeoutMs: config.probe.timeoutMs }) }),
+    logger,
+  });
+  try {
+    const runner = new FailoverRunner({
+      stream: config.stream,
+      runner: `lifeboat failback (${o.requestedBy ?? ctx.who})`,
+      settings: config,
+      store: plane.store,
+      lease: plane.lease,
+      target: plane.target,
+      localHealth: () => side.localHealth(),
+      steps: { ...plane.cloudSteps, ...side.steps },
+      logger,
+    });
+    const state = (await runner.record()).state;
+    if (state.phase === 'failed-over') {
+      await runner.requestOperator('failback', o.requestedBy ?? ctx.who);
+    } else if ((state.phase === 'recovering' && state.step !== 'start-reverse-sync') || (state.phase === 'failing-back' && state.step === 'drain')) {
+      // A failback that an earlier run left in the middle: its reverse sync died with it.
+      o.note(`resuming a failback left ${state.phase} (${state.step}): starting reverse sync again`);
+      await side.restartReverseSync(state.epoch);
+    } else if (state.phase !== 'recovering' && state.phase !== 'failing-back') {
+      return { ended: 'nothing-to-do', phase: state.phase, lease: (await plane.lease.read())?.lease ?? null, reports: [] };
+    }
+    // The agent stops once the lease is home: it must take it (and lift the fence) before traffic can follow,
+    // and the probe function finishes the remaining steps.
+    const done = async (r: CycleReport) => r.nextPhase === 'normal' || (o.untilHandedOver === true && (await plane.lease.read())?.lease.holder === 'local');
+    const result = await driveCycles(runner, { done, timeoutMs: o.timeoutMs, recheckMs: 1000, print: o.print, ...(o.signal && { signal: o.signal }) });
+    return { ...result, lease: (await plane.lease.read())?.lease ?? null };
+  } finally {
+    await side.close().catch(() => undefined);
+    await plane.close();
+  }
+}

@@ -36,14 +36,15 @@ Options:
 `;
 
 export interface DriveOptions {
-  readonly done: (phase: string) => boolean;
+  /** After each cycle: stop here? */
+  readonly done: (r: CycleReport) => boolean | Promise<boolean>;
   readonly timeoutMs: number;
   readonly recheckMs: number;
   readonly print: (r: CycleReport) => void;
   readonly signal?: AbortSignal;
 }
 
-/** Runs cycles until `done(phase)`, a halt, a step that belongs elsewhere, or the timeout. */
+/** Runs cycles until `done(report)`, a halt, a step that belongs elsewhere, or the timeout. */
 export async function driveCycles(runner: Pick<FailoverRunner, 'cycle'>, o: DriveOptions): Promise<{ reports: CycleReport[]; phase: string; ended: 'done' | 'halted' | 'deferred' | 'timeout' | 'cancelled' }> {
   const deadline = Date.now() + o.timeoutMs;
   const reports: CycleReport[] = [];
@@ -54,7 +55,7 @@ export async function driveCycles(runner: Pick<FailoverRunner, 'cycle'>, o: Driv
     reports.push(r);
     phase = r.nextPhase;
     o.print(r);
-    if (o.done(phase)) return { reports, phase, ended: 'done' };
+    if (await o.done(r)) return { reports, phase, ended: 'done' };
     if (phase === 'halted' || r.decision?.action.kind === 'halt') return { reports, phase, ended: 'halted' };
     if (r.outcome === 'deferred') return { reports, phase, ended: 'deferred' };
     if (Date.now() > deadline) return { reports, phase, ended: 'timeout' };
@@ -119,7 +120,7 @@ export const failoverCommand: CliCommand = {
       }
       await runner.requestOperator('failover', ctx.who);
       const result = await driveCycles(runner, {
-        done: (p) => p === 'failed-over',
+        done: (r) => r.nextPhase === 'failed-over',
         timeoutMs: timeoutS * 1000,
         recheckMs: config.probe.recheckIntervalSeconds * 1000,
         print: printCycle(io, values.json ?? false),

@@ -3,7 +3,8 @@
 // processes, the demo app twice and the traffic router. Timings are shortened
 // through the config (lease TTL 8 s, rechecks every second) so that the test
 // runs in seconds; the decisions are the same.
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -345,5 +346,24 @@ describe('local system', () => {
         `last local commit ${((writable!.at - lastLocalCommit) / 1000).toFixed(1)} s before the cloud became writable at epoch 6`,
     );
     firestoreProxy.restore();
+  }, 400_000);
+
+  it('failover.failback = auto: the agent brings the writer home by itself once local is back', async () => {
+    expect((await status()).phase).toBe('failed-over');
+    // The agent reads its config at each (re)start; the supervisor restarts it while the cloud serves.
+    const cfg = parseYaml(readFileSync(sys.info.configFile, 'utf8')) as Record<string, any>;
+    writeFileSync(sys.info.configFile, stringifyYaml({ ...cfg, failover: { ...cfg.failover, failback: 'auto' } }));
+    await sys.localApp.start();
+    const started = Date.now();
+    await waitFor('the automatic failback', async () => (await status()).phase === 'normal', 240_000);
+    const s = await status();
+    expect(s.lease).toMatchObject({ holder: 'local', epoch: 7 });
+    const trail = await auditTrail();
+    expect(trail.some((d) => d.runner.includes('failover.failback = auto') && d.action === 'save-stranded-tail' && d.outcome === 'ok')).toBe(true);
+    await waitFor('the router to send traffic home', async () => (await fetch(`${sys.info.routerUrl}/todos`)).headers.get('x-lifeboat-app') === 'local', 60_000);
+    expect(await verify()).toMatchObject({ equal: true });
+    await waitFor('local to accept writes', async () => (await addTodo('auto home')).status === 201, 120_000);
+    await waitFor('the write to reach the cloud', async () => (await query(sys.info.cloudDatabaseUrl, "SELECT 1 FROM public.todos WHERE title = 'auto home'")).length === 1, 120_000);
+    console.log(`automatic failback: ${((Date.now() - started) / 1000).toFixed(1)} s from the local app's return to local serving`);
   }, 400_000);
 });
