@@ -20,7 +20,7 @@ import { PermanentError, ValidationError } from '../core/errors.ts';
 import { redact, type Logger } from '../core/log.ts';
 import type { EventSink, LifecycleEvent } from '../core/ports.ts';
 import { GrpcStatus } from './grpc-status.ts';
-import { classifyPubsubError } from './pubsub-publisher.ts';
+import { classifyPubsubError, publishRetrySettings } from './pubsub-publisher.ts';
 
 export const DEFAULT_EVENT_PUBLISH_TIMEOUT_MS = 10_000;
 /** Far above any real event; keeps a runaway `details` from reaching Pub/Sub's 10 MB limit. */
@@ -85,20 +85,7 @@ export function createPubsubEventSink(opts: PubsubEventSinkOptions): PubsubEvent
   // The client's default publish retries last up to 600 s; one deadline bounds them (see pubsub-publisher.ts).
   const topic: Topic = pubsub.topic(opts.topic, {
     batching: { maxMessages: 1, maxMilliseconds: 0 },
-    gaxOpts: {
-      timeout: timeoutMs,
-      retry: {
-        backoffSettings: {
-          initialRetryDelayMillis: 100,
-          retryDelayMultiplier: 2,
-          maxRetryDelayMillis: 1_000,
-          initialRpcTimeoutMillis: timeoutMs,
-          rpcTimeoutMultiplier: 1,
-          maxRpcTimeoutMillis: timeoutMs,
-          totalTimeoutMillis: timeoutMs,
-        },
-      },
-    },
+    gaxOpts: publishRetrySettings(timeoutMs),
   });
   const ctx = { topic: opts.topic, projectId: opts.projectId, action: 'publish an event to' };
   let closed = false;

@@ -133,7 +133,7 @@ function clientConfig(projectId: string, emulatorHost: string | undefined): Clie
  * defaults sleep up to 60 s between tries (and past the deadline: the
  * deadline is checked only before a try), so the delay is capped at 1 s.
  */
-function publishRetrySettings(timeoutMs: number) {
+export function publishRetrySettings(timeoutMs: number) {
   return {
     timeout: timeoutMs,
     retry: {

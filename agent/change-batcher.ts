@@ -915,11 +915,11 @@ function sameRelationMessage(a: RelationMessage, b: RelationMessage): boolean {
   return true;
 }
 
-/** The marker JSON written by our own agent; anything else is a PermanentError. */
-function parseMarkerContent(message: LogicalMessage): MarkerContent {
+/** JSON content of one of our own logical messages, checked by `schema`; anything else is a PermanentError. */
+function parseOwnMessage<T extends z.ZodType>(message: LogicalMessage, prefix: string, what: string, schema: T): z.output<T> {
   const fail = (problem: string, cause?: unknown): PermanentError =>
-    new PermanentError(`malformed ${MARKER_PREFIX} message at ${formatLsn(message.lsn)}: ${problem}`, {
-      remedy: 'Markers come only from the Lifeboat agent; check that no other program writes this prefix, and that agent and batcher are one release.',
+    new PermanentError(`malformed ${prefix} message at ${formatLsn(message.lsn)}: ${problem}`, {
+      remedy: `${what} come only from the Lifeboat agent; check that no other program writes this prefix, and that agent and batcher are one release.`,
       details: { lsn: formatLsn(message.lsn), bytes: message.content.length },
       cause,
     });
@@ -929,7 +929,7 @@ function parseMarkerContent(message: LogicalMessage): MarkerContent {
   } catch (err) {
     throw fail(`content is not UTF-8 JSON (${(err as Error).message})`, err);
   }
-  const parsed = markerContentSchema.safeParse(json);
+  const parsed = schema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw fail(`${issue?.path.join('.') || '(top level)'}: ${issue?.message ?? 'unknown problem'}`);
@@ -937,24 +937,6 @@ function parseMarkerContent(message: LogicalMessage): MarkerContent {
   return parsed.data;
 }
 
-/** The heartbeat JSON written by our own agent; anything else is a PermanentError. */
-function parseHeartbeatContent(message: LogicalMessage): z.output<typeof heartbeatContentSchema> {
-  const fail = (problem: string, cause?: unknown): PermanentError =>
-    new PermanentError(`malformed ${HEARTBEAT_PREFIX} message at ${formatLsn(message.lsn)}: ${problem}`, {
-      remedy: 'Heartbeats come only from the Lifeboat agent; check that no other program writes this prefix, and that agent and batcher are one release.',
-      details: { lsn: formatLsn(message.lsn), bytes: message.content.length },
-      cause,
-    });
-  let json: unknown;
-  try {
-    json = JSON.parse(strictUtf8.decode(message.content));
-  } catch (err) {
-    throw fail(`content is not UTF-8 JSON (${(err as Error).message})`, err);
-  }
-  const parsed = heartbeatContentSchema.safeParse(json);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw fail(`${issue?.path.join('.') || '(top level)'}: ${issue?.message ?? 'unknown problem'}`);
-  }
-  return parsed.data;
-}
+const parseMarkerContent = (message: LogicalMessage): MarkerContent => parseOwnMessage(message, MARKER_PREFIX, 'Markers', markerContentSchema);
+const parseHeartbeatContent = (message: LogicalMessage): z.output<typeof heartbeatContentSchema> =>
+  parseOwnMessage(message, HEARTBEAT_PREFIX, 'Heartbeats', heartbeatContentSchema);

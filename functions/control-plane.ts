@@ -21,7 +21,8 @@ import type { Logger } from '../core/log.ts';
 import type { AppScaler, EventSink, TrafficSwitch } from '../core/ports.ts';
 import { LeaseClient } from '../core/writer-lease.ts';
 import { cloudFailoverSteps, withPool, type CloudStepDeps } from './failover-steps.ts';
-import type { StepHandlers, TargetObservation } from './failover-runner.ts';
+import { FailoverRunner, type StepHandlers, type TargetObservation } from './failover-runner.ts';
+import { createHttpHealthProbe } from './health-probe.ts';
 import { readControlObservations } from './target-control.ts';
 
 export interface ControlPlaneOptions {
@@ -137,4 +138,24 @@ export function buildControlPlane(o: ControlPlaneOptions, existingPool?: pg.Pool
       await Promise.race([firestore.terminate(), new Promise((r) => setTimeout(r, 2_000))]);
     },
   };
+}
+
+/**
+ * The failover runner of the cloud side: probes the app, reads the target,
+ * executes the cloud steps and defers failback's local steps. The probe
+ * function and `lifeboat failover` both run it.
+ */
+export function createCloudRunner(plane: ControlPlane, config: LifeboatConfig, runner: string, logger: Logger): FailoverRunner {
+  return new FailoverRunner({
+    stream: config.stream,
+    runner,
+    settings: config,
+    store: plane.store,
+    lease: plane.lease,
+    ...(config.probe.healthUrl !== undefined && { probe: createHttpHealthProbe({ url: config.probe.healthUrl, timeoutMs: config.probe.timeoutMs }) }),
+    target: plane.target,
+    steps: plane.cloudSteps,
+    deferredHint: 'on the local side: run `lifeboat failback` there',
+    logger,
+  });
 }

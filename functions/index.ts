@@ -21,10 +21,9 @@ import { PermanentError } from '../core/errors.ts';
 import { createLogger } from '../core/log.ts';
 import { readStreamState } from './apply-engine.ts';
 import { createApplyHandler, type ApplyHandler, type PubsubCloudEvent } from './apply-function.ts';
-import { buildControlPlane, connectControlStores } from './control-plane.ts';
+import { buildControlPlane, connectControlStores, createCloudRunner } from './control-plane.ts';
 import { withPool } from './failover-steps.ts';
-import { FailoverRunner } from './failover-runner.ts';
-import { createHttpHealthProbe } from './health-probe.ts';
+import type { FailoverRunner } from './failover-runner.ts';
 import { createProbeHandler } from './probe-function.ts';
 import { createStatusHandler, type StatusDeps } from './status-function.ts';
 
@@ -73,18 +72,7 @@ function probeRunnerFromEnv(): FailoverRunner {
   const { config } = rt;
   const logger = createLogger({ component: 'probe', fields: { stream: config.stream } });
   const plane = buildControlPlane({ config, baseDir: rt.baseDir, env: rt.env, logger }, rt.pool);
-  probeRunner = new FailoverRunner({
-    stream: config.stream,
-    runner: config.mode === 'cloud' ? 'probe-function' : 'probe-function (local mode)',
-    settings: config,
-    store: plane.store,
-    lease: plane.lease,
-    ...(config.probe.healthUrl !== undefined && { probe: createHttpHealthProbe({ url: config.probe.healthUrl, timeoutMs: config.probe.timeoutMs }) }),
-    target: plane.target,
-    steps: plane.cloudSteps,
-    deferredHint: 'on the local side: run `lifeboat failback` there',
-    logger,
-  });
+  probeRunner = createCloudRunner(plane, config, config.mode === 'cloud' ? 'probe-function' : 'probe-function (local mode)', logger);
   return probeRunner;
 }
 

@@ -6,9 +6,8 @@
 import { parseArgs } from 'node:util';
 import { describeError } from '../../core/errors.ts';
 import { createLogger } from '../../core/log.ts';
-import { buildControlPlane } from '../../functions/control-plane.ts';
-import { FailoverRunner, type CycleReport } from '../../functions/failover-runner.ts';
-import { createHttpHealthProbe } from '../../functions/health-probe.ts';
+import { buildControlPlane, createCloudRunner } from '../../functions/control-plane.ts';
+import type { CycleReport, FailoverRunner } from '../../functions/failover-runner.ts';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliCommand, type CliIo } from '../command.ts';
 import { operatorContext } from '../operator-context.ts';
 
@@ -95,18 +94,7 @@ export const failoverCommand: CliCommand = {
       const { config } = ctx;
       const logger = createLogger({ component: 'failover', fields: { stream: config.stream }, sink: () => {} });
       plane = buildControlPlane({ config, baseDir: ctx.baseDir, env: ctx.env, logger });
-      const runner = new FailoverRunner({
-        stream: config.stream,
-        runner: `lifeboat failover (${ctx.who})`,
-        settings: config,
-        store: plane.store,
-        lease: plane.lease,
-        ...(config.probe.healthUrl !== undefined && { probe: createHttpHealthProbe({ url: config.probe.healthUrl, timeoutMs: config.probe.timeoutMs }) }),
-        target: plane.target,
-        steps: plane.cloudSteps,
-        deferredHint: 'on the local side: run `lifeboat failback` there',
-        logger,
-      });
+      const runner = createCloudRunner(plane, config, `lifeboat failover (${ctx.who})`, logger);
       if (values['dry-run']) {
         const d = await runner.dryRun('failover');
         if (values.json) io.stdout(`${JSON.stringify({ dryRun: true, action: d.action, reason: d.reason, nextPhase: d.next.phase }, null, 2)}\n`);
