@@ -12,12 +12,12 @@ import { failbackCommand } from './commands/failback.ts';
 import { statusCommand } from './commands/status.ts';
 import { verifyCommand } from './commands/verify.ts';
 import { localCommand } from './commands/local.ts';
+import { initCommand } from './commands/init.ts';
 
 export const commands: readonly CliCommand[] = [
   localCommand,
   agentCommand,
-  notBuiltYet(['init'], 'write a commented lifeboat.yaml and print the PostgreSQL settings and grants the agent needs', 7,
-    'Usage: lifeboat init [--force]'),
+  initCommand,
   configCheckCommand,
   configDefaultsCommand,
   statusCommand,
