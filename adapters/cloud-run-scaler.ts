@@ -35,7 +35,7 @@ import { sleep } from '../core/backoff.ts';
 import { PermanentError, RetryableError, ValidationError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import type { AppScaler } from '../core/ports.ts';
-import { GrpcStatus } from './grpc-status.ts';
+import { GrpcStatus, GRPC_STATUS_NAMES, RETRYABLE_GRPC_CODES } from './grpc-status.ts';
 
 type ServicesClientOptions = NonNullable<ConstructorParameters<typeof ServicesClient>[0]>;
 
@@ -45,16 +45,6 @@ type ServicesClientOptions = NonNullable<ConstructorParameters<typeof ServicesCl
  */
 export const MIN_INSTANCES_MASK_PATH = 'scaling.minInstanceCount';
 
-const STATUS_NAMES = new Map<number, string>(Object.entries(GrpcStatus).map(([name, code]) => [code, name]));
-const RETRYABLE_CODES = new Set<number>([
-  GrpcStatus.CANCELLED,
-  GrpcStatus.UNKNOWN,
-  GrpcStatus.DEADLINE_EXCEEDED,
-  GrpcStatus.RESOURCE_EXHAUSTED,
-  GrpcStatus.ABORTED,
-  GrpcStatus.INTERNAL,
-  GrpcStatus.UNAVAILABLE,
-]);
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 const optionsSchema = z.object({
@@ -114,13 +104,13 @@ export function classifyRunError(err: unknown, action: RunAction, ctx: { project
   // A failed operation carries a plain google.rpc.Status, not an Error.
   const text = (err as { message?: unknown } | null)?.message;
   const reason = typeof text === 'string' ? text : String(err);
-  const codeName = typeof code === 'number' ? (STATUS_NAMES.get(code) ?? String(code)) : typeof code === 'string' ? code : undefined;
+  const codeName = typeof code === 'number' ? (GRPC_STATUS_NAMES.get(code) ?? String(code)) : typeof code === 'string' ? code : undefined;
   const what = action === 'read' ? 'read' : action === 'update' ? 'update the minimum instances of' : 'finish updating the minimum instances of';
   const where = `Cloud Run service ${ctx.service} (region ${ctx.region}, project ${ctx.projectId})`;
   const message = `Cloud Run: cannot ${what} ${where}${codeName ? ` (${codeName})` : ''}: ${reason}`;
   const details = { code: codeName, action, ...ctx };
   if (typeof code === 'number') {
-    if (RETRYABLE_CODES.has(code)) return new RetryableError(message, { cause: err, details });
+    if (RETRYABLE_GRPC_CODES.has(code)) return new RetryableError(message, { cause: err, details });
     const permission = action === 'read' ? 'run.services.get' : 'run.services.update and run.services.get';
     const remedy =
       code === GrpcStatus.PERMISSION_DENIED

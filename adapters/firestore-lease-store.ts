@@ -33,13 +33,11 @@
 
 import { Firestore, Timestamp, type DocumentReference } from '@google-cloud/firestore';
 import { PermanentError, RetryableError, ValidationError } from '../core/errors.ts';
-import { GrpcStatus } from './grpc-status.ts';
+import { GrpcStatus, GRPC_STATUS_NAMES, RETRYABLE_GRPC_CODES } from './grpc-status.ts';
 import { parseLease, type CompareAndSetResult, type Lease, type LeaseSnapshot, type LeaseStore } from '../core/writer-lease.ts';
 
 const Status = GrpcStatus;
 
-const STATUS_NAMES = new Map<number, string>(Object.entries(Status).map(([name, code]) => [code, name]));
-const RETRYABLE = new Set<number>([Status.CANCELLED, Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.RESOURCE_EXHAUSTED, Status.ABORTED, Status.INTERNAL, Status.UNAVAILABLE]);
 
 export const DEFAULT_LEASE_REQUEST_TIMEOUT_MS = 10_000;
 
@@ -149,11 +147,11 @@ export function leaseStoreError(what: string, document: string, err: unknown): E
   if (err instanceof RetryableError || err instanceof PermanentError) return err;
   const raw = (err as { code?: unknown } | null)?.code;
   const code = grpcCode(err);
-  const name = code !== undefined ? (STATUS_NAMES.get(code) ?? `status ${code}`) : typeof raw === 'string' ? raw : 'no status';
+  const name = code !== undefined ? (GRPC_STATUS_NAMES.get(code) ?? `status ${code}`) : typeof raw === 'string' ? raw : 'no status';
   const text = err instanceof Error ? err.message : String(err);
   const message = `lease store: ${what} of ${document} failed (${name}): ${text}`;
   const details = { document, code: raw };
-  if ((code !== undefined && RETRYABLE.has(code)) || (typeof raw === 'string' && NETWORK_CODES.has(raw))) {
+  if ((code !== undefined && RETRYABLE_GRPC_CODES.has(code)) || (typeof raw === 'string' && NETWORK_CODES.has(raw))) {
     return new RetryableError(message, { cause: err, details });
   }
   if (code === Status.PERMISSION_DENIED || code === Status.UNAUTHENTICATED) {

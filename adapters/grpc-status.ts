@@ -1,4 +1,4 @@
-// gRPC status codes shared by the Google client adapters (Pub/Sub, Firestore).
+// gRPC status codes shared by the Google client adapters (Pub/Sub, Firestore, Cloud Run).
 
 /** gRPC status codes (numeric, as the client reports them in `err.code`). */
 export const GrpcStatus = {
@@ -19,3 +19,17 @@ export const GrpcStatus = {
   DATA_LOSS: 15,
   UNAUTHENTICATED: 16,
 } as const;
+
+/** The name of a numeric gRPC status ('UNAVAILABLE'), for error messages. */
+export const GRPC_STATUS_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(GrpcStatus).map(([name, code]) => [code, name]));
+
+/** Codes after which the same call may succeed later. */
+export const RETRYABLE_GRPC_CODES: ReadonlySet<number> = new Set([
+  GrpcStatus.CANCELLED,
+  GrpcStatus.UNKNOWN,
+  GrpcStatus.DEADLINE_EXCEEDED,
+  GrpcStatus.RESOURCE_EXHAUSTED,
+  GrpcStatus.ABORTED,
+  GrpcStatus.INTERNAL,
+  GrpcStatus.UNAVAILABLE,
+]);

@@ -32,23 +32,12 @@ import { PermanentError, RetryableError, ValidationError } from '../core/errors.
 import type { PubSubMessage } from '../core/batch-codec.ts';
 import { createLogger, type Logger } from '../core/log.ts';
 import type { MessagePublisher } from '../core/ports.ts';
-import { GrpcStatus } from './grpc-status.ts';
+import { GrpcStatus, GRPC_STATUS_NAMES, RETRYABLE_GRPC_CODES } from './grpc-status.ts';
 
 export { GrpcStatus };
 
 
-const STATUS_NAMES = new Map<number, string>(Object.entries(GrpcStatus).map(([name, code]) => [code, name]));
 
-/** Codes after which the same publish may succeed later. */
-const RETRYABLE_CODES = new Set<number>([
-  GrpcStatus.CANCELLED,
-  GrpcStatus.UNKNOWN,
-  GrpcStatus.DEADLINE_EXCEEDED,
-  GrpcStatus.RESOURCE_EXHAUSTED,
-  GrpcStatus.ABORTED,
-  GrpcStatus.INTERNAL,
-  GrpcStatus.UNAVAILABLE,
-]);
 
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
 
@@ -93,11 +82,11 @@ export function classifyPubsubError(err: unknown, ctx: { topic: string; projectI
   const action = ctx.action ?? 'publish to';
   const where = `projects/${ctx.projectId}/topics/${ctx.topic}`;
   const reason = err instanceof Error ? err.message : String(err);
-  const codeName = typeof code === 'number' ? (STATUS_NAMES.get(code) ?? String(code)) : typeof code === 'string' ? code : undefined;
+  const codeName = typeof code === 'number' ? (GRPC_STATUS_NAMES.get(code) ?? String(code)) : typeof code === 'string' ? code : undefined;
   const message = `Pub/Sub: cannot ${action} ${where}${codeName ? ` (${codeName})` : ''}: ${reason}`;
   const details = { code: codeName, topic: ctx.topic, projectId: ctx.projectId };
   if (typeof code === 'number') {
-    if (RETRYABLE_CODES.has(code)) return new RetryableError(message, { cause: err, details });
+    if (RETRYABLE_GRPC_CODES.has(code)) return new RetryableError(message, { cause: err, details });
     const remedy =
       code === GrpcStatus.NOT_FOUND
         ? `${where} does not exist: create it (the cdktf stack does) or fix pubsub.changesTopic / project in lifeboat.yaml.`

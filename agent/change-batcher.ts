@@ -838,11 +838,10 @@ export class ChangeBatcher {
     return batch;
   }
 
-  private heartbeatBatch(lsn: Lsn, content: z.output<typeof heartbeatContentSchema>, epoch: number, createdAt: string): ChangeBatch {
-    const heartbeat: Heartbeat = { sourceTime: content.sourceTime, walLsn: lsn, sequences: content.sequences };
+  /** A heartbeat or marker: a batch that stands for one WAL position and carries no transactions. */
+  private positionBatch(lsn: Lsn, epoch: number, createdAt: string, payload: Pick<ChangeBatch, 'kind' | 'heartbeat' | 'marker'>, bytes: number): ChangeBatch {
     const batch: ChangeBatch = {
       v: CHANGE_BATCH_VERSION,
-      kind: 'heartbeat',
       stream: this.stream,
       epoch,
       seq: this.seq++,
@@ -852,15 +851,20 @@ export class ChangeBatcher {
       createdAt,
       relations: [],
       transactions: [],
-      heartbeat,
+      ...payload,
     };
     this.chainLsn = lsn;
     this.counters.batches++;
-    this.counters.heartbeatBatches++;
-    let bytes = BATCH_OVERHEAD_BYTES + HEARTBEAT_OVERHEAD_BYTES + content.sourceTime.length;
-    for (const s of content.sequences) bytes += SEQUENCE_OVERHEAD_BYTES + s.schema.length + s.name.length + s.lastValue.length;
     this.counters.bytes += bytes;
     return batch;
+  }
+
+  private heartbeatBatch(lsn: Lsn, content: z.output<typeof heartbeatContentSchema>, epoch: number, createdAt: string): ChangeBatch {
+    const heartbeat: Heartbeat = { sourceTime: content.sourceTime, walLsn: lsn, sequences: content.sequences };
+    let bytes = BATCH_OVERHEAD_BYTES + HEARTBEAT_OVERHEAD_BYTES + content.sourceTime.length;
+    for (const s of content.sequences) bytes += SEQUENCE_OVERHEAD_BYTES + s.schema.length + s.name.length + s.lastValue.length;
+    this.counters.heartbeatBatches++;
+    return this.positionBatch(lsn, epoch, createdAt, { kind: 'heartbeat', heartbeat }, bytes);
   }
 
   private markerBatch(lsn: Lsn, content: MarkerContent, epoch: number, createdAt: string): ChangeBatch {
@@ -869,25 +873,9 @@ export class ChangeBatcher {
       reason: content.reason,
       ...(content.requestedBy !== undefined && { requestedBy: content.requestedBy }),
     };
-    const batch: ChangeBatch = {
-      v: CHANGE_BATCH_VERSION,
-      kind: 'marker',
-      stream: this.stream,
-      epoch,
-      seq: this.seq++,
-      lsnPrev: this.chainLsn,
-      lsnFirst: lsn,
-      lsnLast: lsn,
-      createdAt,
-      relations: [],
-      transactions: [],
-      marker,
-    };
-    this.chainLsn = lsn;
-    this.counters.batches++;
     this.counters.markerBatches++;
-    this.counters.bytes += BATCH_OVERHEAD_BYTES + MARKER_OVERHEAD_BYTES + content.markerId.length + (content.requestedBy?.length ?? 0);
-    return batch;
+    const bytes = BATCH_OVERHEAD_BYTES + MARKER_OVERHEAD_BYTES + content.markerId.length + (content.requestedBy?.length ?? 0);
+    return this.positionBatch(lsn, epoch, createdAt, { kind: 'marker', marker }, bytes);
   }
 
   private newOpenBatch(): OpenBatch {
